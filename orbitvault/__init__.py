@@ -1,0 +1,3 @@
+"""orbitvault: off-planet disaster-recovery storage."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from orbitvault.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""The `orbitvault` command: the composition root that wires domain code, adapters and config.
+
+Each role's commands live in their own module here and are attached to the root group below.
+Exit codes follow restic's: 0 ok, 1 error, 3 incomplete, 10 no repository, 11 locked,
+12 wrong password.
+"""
+
+from __future__ import annotations
+
+import click
+
+from orbitvault import __version__
+from orbitvault.cli.demo import demo
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="orbitvault")
+def cli() -> None:
+    """orbitvault: off-planet disaster-recovery storage."""
+
+
+cli.add_command(demo)
+
+
+def main() -> None:
+    cli()
