@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import blake3
 
@@ -212,3 +213,9 @@ class StripeCoder:
                 damaged=bad,
             )
         return healthy
+
+
+@lru_cache(maxsize=32)
+def coder_for(geometry: Geometry) -> StripeCoder:
+    """A shared StripeCoder per geometry: creating the ISA-L driver is not free, and coders are stateless."""
+    return StripeCoder(geometry)

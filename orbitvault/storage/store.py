@@ -1,0 +1,521 @@
+"""The satellite node's shard store, on LMDB.
+
+A shard is a protected header record plus rows. Every write is one LMDB transaction, synced at
+commit, so a shard is either wholly there or absent after a crash at any instant; readers never
+block the writer, and several processes (`node serve`, `node scrub`) may open one store.
+
+LMDB layout (named databases in `<path>/lmdb`):
+
+    meta      str key -> bytes          node_id, simulation flag, used_bytes (u64), scrub state ...
+    headers   shard_id -> protected record of ShardHeader.encode()
+    info      shard_id -> stored_bytes u64 | last_verified_unix_ms i64 | damaged_rows u32
+    rows      shard_id | row u32 -> checksum[32] | fragment
+    sums      shard_id -> checksum[32] * row_count   (second copy of every row checksum)
+    by_object object_id | shard_id -> b""
+
+Checksums are kept twice because radiation hits them too: a row is verified against the copy
+beside it; when they disagree, two of {fragment hash, copy 1, copy 2} agreeing tells which of the
+three is damaged. A damaged checksum copy is rewritten in place; a damaged fragment must be rebuilt
+from peers, and a rebuilt fragment is accepted only if it matches one of the two stored copies.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import blake3
+import lmdb
+
+from orbitvault.erasure.record import protect, recover, stored_size
+from orbitvault.erasure.stripe import CHECKSUM_LEN
+from orbitvault.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OrbitVaultError,
+    ResourceExhausted,
+)
+from orbitvault.storage.header import ID_LEN, ShardHeader
+
+_ROW_KEY = struct.Struct(">32sI")
+_INFO = struct.Struct(">QqI")
+_U64 = struct.Struct(">Q")
+_READ_BATCH_BYTES = 4 << 20  # rows copied out per read transaction
+
+HEADER = "header"
+CHECKSUMS = "checksums"
+Target = int | str  # a row number, HEADER or CHECKSUMS (fault injection addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class RowBatch:
+    """Consecutive rows of a shard as they arrive: fragments[i] is row first_row + i."""
+
+    first_row: int
+    fragments: Sequence[bytes]
+    checksums: Sequence[bytes]
+
+
+class RowStatus(Enum):
+    OK = "ok"
+    DAMAGED = "damaged"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class RowRead:
+    """One row as read: the fragment only when it verified; always the expected checksum."""
+
+    row: int
+    status: RowStatus
+    fragment: bytes | None
+    checksum: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    header: ShardHeader
+    stored_bytes: int
+    damaged_rows: int
+    last_verified_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowCheck:
+    """Result of verifying a shard's rows in place (the scrubber's unit of work)."""
+
+    damaged: list[int]  # rows whose fragment is damaged: they need a rebuild from peers
+    checksums_fixed: int  # checksum copies that were damaged and rewritten in place
+    bytes_verified: int
+
+
+class ShardStore:
+    """Shards of one node: put, read (verified), repair, delete, list; all transactional."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        capacity_bytes: int,
+        create: bool = True,
+        simulation: bool = False,
+        sync: bool = True,
+    ) -> None:
+        if not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
+            raise InvalidArgument(f"capacity must be a positive number of bytes, got {capacity_bytes!r}")
+        self.path = Path(path)
+        db_path = self.path / "lmdb"
+        if not db_path.exists():
+            if not create:
+                raise NotFound(f"no shard store at {self.path}")
+            db_path.mkdir(parents=True)
+        self.capacity_bytes = capacity_bytes
+        # The map is a sparse reservation, sized from capacity so it never fills before the store does
+        # (LMDB stores a 64 KiB value in 17 pages; headroom covers that and the B-trees).
+        map_size = capacity_bytes * 2 + (256 << 20)
+        try:
+            self._env = lmdb.open(str(db_path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync, readahead=False)
+        except lmdb.Error as exc:
+            raise FailedPrecondition(f"cannot open the shard store at {self.path}: {exc}") from exc
+        self._meta = self._env.open_db(b"meta")
+        self._headers = self._env.open_db(b"headers")
+        self._info = self._env.open_db(b"info")
+        self._rows = self._env.open_db(b"rows")
+        self._sums = self._env.open_db(b"sums")
+        self._by_object = self._env.open_db(b"by_object")
+        with self._env.begin(write=True) as txn:
+            node_id = txn.get(b"node_id", db=self._meta)
+            if node_id is None:
+                node_id = os.urandom(ID_LEN)
+                txn.put(b"node_id", node_id, db=self._meta)
+                txn.put(b"simulation", b"1" if simulation else b"0", db=self._meta)
+                txn.put(b"used_bytes", _U64.pack(0), db=self._meta)
+            self.node_id: bytes = bytes(node_id)
+            self.simulation: bool = txn.get(b"simulation", db=self._meta) == b"1"
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> ShardStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- accounting -----------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        with self._env.begin() as txn:
+            return _U64.unpack(txn.get(b"used_bytes", db=self._meta))[0]
+
+    def shard_count(self) -> int:
+        with self._env.begin() as txn:
+            return txn.stat(self._headers)["entries"]
+
+    @staticmethod
+    def required_bytes(header: ShardHeader) -> int:
+        """What storing this shard counts against capacity: rows, both checksum copies, header."""
+        return header.shard_len() + 2 * CHECKSUM_LEN * header.row_count + stored_size(len(header.encode()))
+
+    # --- put --------------------------------------------------------------------------------------
+
+    def put(self, header: ShardHeader, batches: Iterable[RowBatch]) -> ShardInfo:
+        """Store a whole shard in one synced transaction, or nothing (see module docstring)."""
+        if not isinstance(header, ShardHeader):
+            raise InvalidArgument("put needs a ShardHeader")
+        required = self.required_bytes(header)
+        with self._env.begin() as txn:
+            self._check_room(txn, header, required)
+        rows = self._collect(header, batches)
+        record = protect(header.encode())
+        try:
+            with self._env.begin(write=True) as txn:
+                self._check_room(txn, header, required)  # authoritative: another put may have raced us
+                sid = header.shard_id
+                txn.put(sid, record, db=self._headers)
+                txn.put(sid, _INFO.pack(required, 0, 0), db=self._info)
+                txn.put(sid, b"".join(digest for digest, _ in rows), db=self._sums)
+                txn.put(header.object_id + sid, b"", db=self._by_object)
+                for r, (digest, fragment) in enumerate(rows):
+                    txn.put(_ROW_KEY.pack(sid, r), digest + fragment, db=self._rows)
+                self._add_used(txn, required)
+        except lmdb.MapFullError as exc:
+            raise ResourceExhausted(f"the node's store map is full ({exc}); free space or raise capacity") from exc
+        return ShardInfo(header, required, 0, 0)
+
+    def _check_room(self, txn: lmdb.Transaction, header: ShardHeader, required: int) -> None:
+        if txn.get(header.shard_id, db=self._headers) is not None:
+            raise AlreadyExists(f"shard {header.shard_id.hex()} is already stored; delete it first")
+        used = _U64.unpack(txn.get(b"used_bytes", db=self._meta))[0]
+        if used + required > self.capacity_bytes:
+            raise ResourceExhausted(
+                f"node full: the shard needs {required} bytes, {self.capacity_bytes - used} of "
+                f"{self.capacity_bytes} are free"
+            )
+
+    def _collect(self, header: ShardHeader, batches: Iterable[RowBatch]) -> list[tuple[bytes, bytes]]:
+        """Validate the stream row by row into memory; commit happens only once it is whole."""
+        row_count = header.row_count
+        full_len = header.fragment_len(0)
+        last_len = header.fragment_len(row_count - 1)
+        rows: list[tuple[bytes, bytes]] = []
+        for batch in batches:
+            if not isinstance(batch, RowBatch):
+                raise InvalidArgument("shard rows must arrive as RowBatch messages")
+            if batch.first_row != len(rows):
+                raise InvalidArgument(f"rows out of order: expected row {len(rows)}, got a batch at {batch.first_row}")
+            if len(batch.fragments) != len(batch.checksums):
+                raise InvalidArgument(
+                    f"batch at row {batch.first_row}: {len(batch.fragments)} fragments, "
+                    f"{len(batch.checksums)} checksums"
+                )
+            for fragment, digest in zip(batch.fragments, batch.checksums, strict=True):
+                r = len(rows)
+                if r >= row_count:
+                    raise InvalidArgument(f"the stream carries more than the header's {row_count} row(s)")
+                want = last_len if r == row_count - 1 else full_len
+                if not isinstance(fragment, bytes) or len(fragment) != want:
+                    got = len(fragment) if isinstance(fragment, bytes) else type(fragment).__name__
+                    raise InvalidArgument(f"row {r}: fragment is {got} bytes, the header implies {want}")
+                if not isinstance(digest, bytes) or len(digest) != CHECKSUM_LEN:
+                    raise InvalidArgument(f"row {r}: a checksum is {CHECKSUM_LEN} bytes")
+                if blake3.blake3(fragment).digest() != digest:
+                    raise InvalidArgument(f"row {r}: fragment does not match its checksum (damaged in transit?)")
+                rows.append((digest, fragment))
+        if len(rows) != row_count:
+            raise InvalidArgument(f"the stream ended after {len(rows)} row(s); the header says {row_count}")
+        return rows
+
+    def _add_used(self, txn: lmdb.Transaction, delta: int) -> None:
+        used = _U64.unpack(txn.get(b"used_bytes", db=self._meta))[0]
+        txn.put(b"used_bytes", _U64.pack(max(used + delta, 0)), db=self._meta)
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def header(self, shard_id: bytes) -> ShardHeader:
+        """The shard's header; correctable damage is corrected in memory (the scrubber rewrites it)."""
+        with self._env.begin() as txn:
+            record = self._record(txn, shard_id)
+        return ShardHeader.decode(recover(record).payload)
+
+    def head(self, shard_id: bytes) -> ShardInfo:
+        with self._env.begin() as txn:
+            record = self._record(txn, shard_id)
+            info = txn.get(shard_id, db=self._info)
+        stored, verified, damaged = _INFO.unpack(info)
+        return ShardInfo(ShardHeader.decode(recover(record).payload), stored, damaged, verified)
+
+    def read_rows(self, shard_id: bytes, rows: Iterable[int]) -> Iterator[RowRead]:
+        """Rows in the order asked, each verified; a bad fragment comes back DAMAGED, never as data.
+
+        Rows are copied out in transactions of a few MiB, so a slow consumer holds no snapshot open.
+        """
+        header = self.header(shard_id)
+        wanted = [self._check_row(header, r) for r in rows]
+        pos = 0
+        while pos < len(wanted):
+            batch: list[RowRead] = []
+            size = 0
+            with self._env.begin(buffers=True) as txn:
+                sums = txn.get(shard_id, db=self._sums)
+                while pos < len(wanted) and size < _READ_BATCH_BYTES:
+                    r = wanted[pos]
+                    value = txn.get(_ROW_KEY.pack(shard_id, r), db=self._rows)
+                    batch.append(self._verify(r, value, sums))
+                    size += len(value)
+                    pos += 1
+            yield from batch
+
+    @staticmethod
+    def _verify(row: int, value: memoryview | None, sums: memoryview | None) -> RowRead:
+        if value is None:
+            return RowRead(row, RowStatus.MISSING, None, b"")
+        digest, fragment = value[:CHECKSUM_LEN], value[CHECKSUM_LEN:]
+        actual = blake3.blake3(fragment).digest()
+        if actual == digest:
+            return RowRead(row, RowStatus.OK, bytes(fragment), actual)
+        copy = bytes(sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN]) if sums is not None else b""
+        if actual == copy:  # the checksum beside the row was hit, not the fragment
+            return RowRead(row, RowStatus.OK, bytes(fragment), actual)
+        return RowRead(row, RowStatus.DAMAGED, None, copy or bytes(digest))
+
+    def verify_rows(self, shard_id: bytes) -> RowCheck:
+        """Verify every row without copying it out; rewrite damaged checksum copies in place.
+
+        Damaged fragments are only reported: rebuilding them needs peers (the scrubber's job).
+        """
+        header = self.header(shard_id)
+        damaged: list[int] = []
+        fixes: list[tuple[int, bytes]] = []  # (row, true checksum) where a copy is wrong
+        total = 0
+        seen: set[int] = set()
+        with self._env.begin(buffers=True) as txn:
+            sums = txn.get(shard_id, db=self._sums)
+            cursor = txn.cursor(db=self._rows)
+            found = cursor.set_range(_ROW_KEY.pack(shard_id, 0))
+            while found:
+                key, value = cursor.item()
+                if bytes(key[:ID_LEN]) != shard_id:
+                    break
+                row = _ROW_KEY.unpack(key)[1]
+                seen.add(row)
+                total += len(value) - CHECKSUM_LEN
+                digest, actual = value[:CHECKSUM_LEN], blake3.blake3(value[CHECKSUM_LEN:]).digest()
+                copy = sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN] if sums is not None else b""
+                if actual == digest:
+                    if copy != actual:
+                        fixes.append((row, actual))
+                elif actual == copy:
+                    fixes.append((row, actual))
+                else:
+                    damaged.append(row)
+                found = cursor.next()
+        damaged.extend(r for r in range(header.row_count) if r not in seen)  # never after a committed put
+        if fixes:
+            with self._env.begin(write=True) as txn:
+                for row, digest in fixes:
+                    self._set_checksum(txn, shard_id, row, digest)
+        return RowCheck(sorted(damaged), len(fixes), total)
+
+    # --- repair -----------------------------------------------------------------------------------
+
+    def write_row(self, shard_id: bytes, row: int, fragment: bytes) -> None:
+        """Store a rebuilt fragment, accepted only if it matches one of the row's two stored checksums."""
+        header = self.header(shard_id)
+        self._check_row(header, row)
+        if not isinstance(fragment, bytes) or len(fragment) != header.fragment_len(row):
+            raise InvalidArgument(f"row {row}: a rebuilt fragment must be {header.fragment_len(row)} bytes")
+        actual = blake3.blake3(fragment).digest()
+        with self._env.begin(write=True) as txn:
+            value = txn.get(_ROW_KEY.pack(shard_id, row), db=self._rows)
+            sums = txn.get(shard_id, db=self._sums) or b""
+            beside = bytes(value[:CHECKSUM_LEN]) if value else b""
+            copies = {beside, sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN]}
+            if actual not in copies:
+                raise InvalidArgument(f"shard {shard_id.hex()} row {row}: rebuilt fragment matches no stored checksum")
+            txn.put(_ROW_KEY.pack(shard_id, row), actual + fragment, db=self._rows)
+            self._set_checksum(txn, shard_id, row, actual)
+
+    def _set_checksum(self, txn: lmdb.Transaction, shard_id: bytes, row: int, digest: bytes) -> None:
+        key = _ROW_KEY.pack(shard_id, row)
+        value = txn.get(key, db=self._rows)
+        if value is not None and value[:CHECKSUM_LEN] != digest:
+            txn.put(key, digest + value[CHECKSUM_LEN:], db=self._rows)
+        sums = bytearray(txn.get(shard_id, db=self._sums) or b"")
+        if sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN] != digest:
+            sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN] = digest
+            txn.put(shard_id, bytes(sums), db=self._sums)
+
+    def check_header(self, shard_id: bytes) -> int:
+        """Verify the protected header; rewrite it if it needed correction. Returns bytes corrected."""
+        with self._env.begin() as txn:
+            record = self._record(txn, shard_id)
+        recovered = recover(record)  # RecordUncorrectable propagates: the caller reports it
+        if recovered.corrected:
+            with self._env.begin(write=True) as txn:
+                txn.put(shard_id, recovered.stored, db=self._headers)
+        return recovered.corrected
+
+    def mark_verified(self, shard_id: bytes, damaged_rows: int, when_unix_ms: int) -> None:
+        with self._env.begin(write=True) as txn:
+            info = txn.get(shard_id, db=self._info)
+            if info is None:
+                return  # deleted meanwhile
+            stored, _, _ = _INFO.unpack(info)
+            txn.put(shard_id, _INFO.pack(stored, when_unix_ms, damaged_rows), db=self._info)
+
+    # --- delete and list -------------------------------------------------------------------------
+
+    def delete(self, shard_id: bytes) -> int:
+        """Remove a shard; returns the bytes freed (0 if it was not there)."""
+        _check_id(shard_id)
+        with self._env.begin(write=True) as txn:
+            record = txn.get(shard_id, db=self._headers)
+            if record is None:
+                return 0
+            stored = _INFO.unpack(txn.get(shard_id, db=self._info))[0]
+            try:
+                object_id = ShardHeader.decode(recover(record).payload).object_id
+                txn.delete(object_id + shard_id, db=self._by_object)
+            except OrbitVaultError:
+                pass  # a header beyond repair must not make its shard undeletable; the index entry is harmless
+            cursor = txn.cursor(db=self._rows)
+            if cursor.set_range(_ROW_KEY.pack(shard_id, 0)):
+                while cursor.key()[:ID_LEN] == shard_id and cursor.delete():
+                    pass
+            for db in (self._headers, self._info, self._sums):
+                txn.delete(shard_id, db=db)
+            self._add_used(txn, -stored)
+        return stored
+
+    def list(self, *, after: bytes = b"", limit: int = 100, object_id: bytes | None = None) -> list[ShardInfo]:
+        """Up to `limit` shards in ascending shard_id order, strictly after `after`."""
+        if not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument(f"limit must be a positive integer, got {limit!r}")
+        if object_id is not None:
+            _check_id(object_id)
+            ids = self._object_shards(object_id, after, limit)
+        else:
+            ids = []
+            for sid in self.shard_ids(after):
+                ids.append(sid)
+                if len(ids) == limit:
+                    break
+        out = []
+        for sid in ids:
+            try:
+                out.append(self.head(sid))
+            except NotFound:
+                continue  # deleted between the two transactions
+        return out
+
+    def _object_shards(self, object_id: bytes, after: bytes, limit: int) -> list[bytes]:
+        ids: list[bytes] = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._by_object)
+            found = cursor.set_range(object_id + (after or b""))
+            while found and len(ids) < limit:
+                key = cursor.key()
+                if key[:ID_LEN] != object_id:
+                    break
+                if key[ID_LEN:] > after:
+                    ids.append(bytes(key[ID_LEN:]))
+                found = cursor.next()
+        return ids
+
+    def shard_ids(self, after: bytes = b"") -> Iterator[bytes]:
+        """Shard ids in ascending order after `after`, read in pages so no snapshot stays open."""
+        while True:
+            page: list[bytes] = []
+            with self._env.begin() as txn:
+                cursor = txn.cursor(db=self._headers)
+                found = cursor.set_range(after) if after else cursor.first()
+                while found and len(page) < 1000:
+                    key = bytes(cursor.key())
+                    if key > after:
+                        page.append(key)
+                    found = cursor.next()
+            if not page:
+                return
+            yield from page
+            after = page[-1]
+
+    # --- fault injection --------------------------------------------------------------------------
+
+    def stored_value_len(self, shard_id: bytes, target: Target) -> int:
+        """Length of the stored value a fault can hit: a row (checksum + fragment), HEADER or CHECKSUMS."""
+        with self._env.begin() as txn:
+            db, key = self._target(txn, shard_id, target)
+            value = txn.get(key, db=db)
+        if value is None:
+            raise NotFound(f"shard {shard_id.hex()} has no stored {target!r}")
+        return len(value)
+
+    def flip_bit(self, shard_id: bytes, target: Target, bit: int) -> None:
+        """Fault injection: flip one stored bit. Only on stores created as simulation stores."""
+        if not self.simulation:
+            raise FailedPrecondition(f"{self.path} is not a simulation store; refusing to damage it")
+        with self._env.begin(write=True) as txn:
+            db, key = self._target(txn, shard_id, target)
+            value = txn.get(key, db=db)
+            if value is None or not 0 <= bit < 8 * len(value):
+                raise InvalidArgument(f"bit {bit} is outside the stored {target!r} of shard {shard_id.hex()}")
+            damaged = bytearray(value)
+            damaged[bit // 8] ^= 1 << (bit % 8)
+            txn.put(key, bytes(damaged), db=db)
+
+    def _target(self, txn: lmdb.Transaction, shard_id: bytes, target: Target) -> tuple[object, bytes]:
+        self._record(txn, shard_id)  # NotFound for unknown shards
+        if target == HEADER:
+            return self._headers, shard_id
+        if target == CHECKSUMS:
+            return self._sums, shard_id
+        if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < 2**32:
+            return self._rows, _ROW_KEY.pack(shard_id, target)
+        raise InvalidArgument(f"fault target must be a row number, {HEADER!r} or {CHECKSUMS!r}; got {target!r}")
+
+    # --- meta -------------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        with self._env.begin() as txn:
+            value = txn.get(_meta_key(key), db=self._meta)
+        return None if value is None else bytes(value)
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(_meta_key(key), value, db=self._meta)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _record(self, txn: lmdb.Transaction, shard_id: bytes) -> bytes:
+        _check_id(shard_id)
+        record = txn.get(shard_id, db=self._headers)
+        if record is None:
+            raise NotFound(f"shard {shard_id.hex()} is not on this node")
+        return bytes(record)
+
+    @staticmethod
+    def _check_row(header: ShardHeader, row: int) -> int:
+        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < header.row_count:
+            raise InvalidArgument(f"row {row!r} out of range: the shard has {header.row_count} row(s)")
+        return row
+
+
+_RESERVED_META = {"node_id", "simulation", "used_bytes"}
+
+
+def _meta_key(key: str) -> bytes:
+    if not isinstance(key, str) or not key or key in _RESERVED_META:
+        raise InvalidArgument(f"meta key {key!r} is empty or reserved")
+    return key.encode()
+
+
+def _check_id(shard_id: object) -> None:
+    if not isinstance(shard_id, bytes) or len(shard_id) != ID_LEN:
+        raise InvalidArgument(f"a shard id is {ID_LEN} bytes")
