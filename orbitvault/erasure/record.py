@@ -73,6 +73,7 @@ from functools import cache
 from typing import NamedTuple
 
 import blake3
+
 try:  # the compiled implementation; identical codewords, ~100x faster
     import creedsolo as reedsolo
 except ImportError:  # pragma: no cover - pure-Python fallback
