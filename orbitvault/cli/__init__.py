@@ -11,6 +11,7 @@ import click
 
 from orbitvault import __version__
 from orbitvault.cli.demo import demo
+from orbitvault.cli.orbit import orbit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +21,7 @@ def cli() -> None:
 
 
 cli.add_command(demo)
+cli.add_command(orbit)
 
 
 def main() -> None:

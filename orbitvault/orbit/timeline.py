@@ -1,0 +1,151 @@
+"""A timeline picture of a contact plan as hand-written SVG (no plotting dependency).
+
+One row per node (stations first, then satellites, in node-number order), one bar per window in
+both rows it joins, labelled with the other end when there is room. Ground contacts and
+inter-satellite links get different colours; transfers, when given, are drawn as thin strips on
+top of their window. Hover a bar for its details (SVG `<title>`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from html import escape
+
+from orbitvault.errors import InvalidArgument
+from orbitvault.orbit.plan import ContactPlan
+from orbitvault.orbit.timeutil import Timestamp, format_duration, format_time, to_datetime
+
+GROUND_COLOUR = "#3b7dd8"
+ISL_COLOUR = "#e08a2c"
+TRANSFER_COLOUR = "#1f9d55"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Something sent from `source` to `dest` between `start` and `end` (drawn over the windows)."""
+
+    source: str
+    dest: str
+    start: Timestamp
+    end: Timestamp
+    label: str = ""
+
+
+def render_timeline(
+    plan: ContactPlan,
+    *,
+    stations: Collection[str] = (),
+    transfers: Sequence[Transfer] = (),
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
+    rows: Sequence[str] | None = None,
+    title: str = "",
+    width: int = 1400,
+) -> str:
+    """SVG text. `stations` names the ground nodes (for colours and row order)."""
+    if start is None:
+        start = min((c.start for c in plan.contacts), default=plan.epoch or 0.0)
+    if end is None:
+        end = max((c.end for c in plan.contacts), default=start + 3600.0)
+    if not end > start:
+        raise InvalidArgument("timeline end must be after its start")
+    names = list(rows) if rows is not None else plan.node_names()
+    if rows is None:
+        names.sort(key=lambda n: 0 if n in stations else 1)  # stable: stations first
+    for t in transfers:
+        for n in (t.source, t.dest):
+            if n not in names:
+                names.append(n)
+
+    label_w, row_h, top, bottom, pad = 130, 24, 46 if title else 28, 30, 10
+    plot_w = max(width - label_w - pad, 200)
+    height = top + row_h * len(names) + bottom
+    scale = plot_w / (end - start)
+
+    def x(t: Timestamp) -> float:
+        return label_w + (min(max(t, start), end) - start) * scale
+
+    row_of = {n: i for i, n in enumerate(names)}
+    out: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    if title:
+        out.append(f'<text x="{pad}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>')
+    for i, n in enumerate(names):
+        y = top + i * row_h
+        if i % 2 == 0:
+            out.append(f'<rect x="{label_w}" y="{y}" width="{plot_w}" height="{row_h}" fill="#f4f6f8"/>')
+        out.append(f'<text x="{label_w - 6}" y="{y + row_h * 0.65:.1f}" text-anchor="end">{escape(n)}</text>')
+
+    # Time axis: ticks at a round interval giving ~12 labels.
+    tick = _tick_interval(end - start)
+    first = math.ceil(start / tick) * tick
+    axis_y = top + row_h * len(names)
+    t = first
+    while t <= end:
+        xx = x(t)
+        out.append(f'<line x1="{xx:.1f}" y1="{top}" x2="{xx:.1f}" y2="{axis_y}" stroke="#d0d4d9"/>')
+        label = to_datetime(t).strftime("%H:%M" if tick < 86400 else "%m-%d")
+        out.append(f'<text x="{xx:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">{label}</text>')
+        t += tick
+    out.append(
+        f'<text x="{label_w}" y="{axis_y + 27}" fill="#555">{format_time(start)} to {format_time(end)} (UTC)</text>'
+    )
+
+    # Windows: one bar per undirected window, drawn in both rows.
+    seen: set[tuple[str, str, float, float]] = set()
+    for c in plan.contacts:
+        a, b = sorted((c.source, c.dest))
+        key = (a, b, c.start, c.end)
+        if key in seen or c.end <= start or c.start >= end:
+            continue
+        seen.add(key)
+        colour = GROUND_COLOUR if a in stations or b in stations else ISL_COLOUR
+        tip = f"{a} - {b}: {format_time(c.start)} to {format_time(c.end)} ({format_duration(c.duration)})"
+        for me, other in ((a, b), (b, a)):
+            if me not in row_of:
+                continue
+            y = top + row_of[me] * row_h + 3
+            x0, x1 = x(c.start), x(c.end)
+            w = max(x1 - x0, 1.0)
+            out.append(
+                f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{row_h - 6}" rx="2" '
+                f'fill="{colour}" fill-opacity="0.8"><title>{escape(tip)}</title></rect>'
+            )
+            if w > 6.5 * len(other) + 4:
+                out.append(
+                    f'<text x="{x0 + 2:.1f}" y="{y + row_h * 0.5:.1f}" fill="white" font-size="9">'
+                    f"{escape(other)}</text>"
+                )
+
+    for tr in transfers:
+        what = f"{tr.label}: " if tr.label else ""
+        tip = f"{what}{tr.source} -> {tr.dest}, {format_time(tr.start)} to {format_time(tr.end)}"
+        for n in (tr.source, tr.dest):
+            y = top + row_of[n] * row_h + row_h - 8
+            x0, x1 = x(tr.start), x(tr.end)
+            out.append(
+                f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1.0):.1f}" height="4" fill="{TRANSFER_COLOUR}">'
+                f"<title>{escape(tip)}</title></rect>"
+            )
+
+    legend_x = width - pad - 330
+    for i, (colour, text) in enumerate(
+        ((GROUND_COLOUR, "ground pass"), (ISL_COLOUR, "inter-satellite link"), (TRANSFER_COLOUR, "transfer"))
+    ):
+        lx = legend_x + i * 110
+        out.append(f'<rect x="{lx}" y="{top - 16}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14}" y="{top - 7}">{text}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _tick_interval(span: float) -> int:
+    for tick in (300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400):
+        if span / tick <= 14:
+            return tick
+    return 30 * 86400
