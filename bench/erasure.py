@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
+
+from common import machine
 
 from orbitvault.erasure.layout import Geometry
 from orbitvault.erasure.stripe import StripeCoder
@@ -37,16 +38,6 @@ def best_mbps(fn: Callable[[], object], nbytes: int, repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return nbytes / best / 1e6
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def bench_geometry(k: int, m: int, size: int, repeat: int) -> dict[str, float]:

@@ -6,7 +6,7 @@ block the writer, and several processes (`node serve`, `node scrub`) may open on
 
 LMDB layout (named databases in `<path>/lmdb`):
 
-    meta      str key -> bytes          node_id, simulation flag, used_bytes (u64), scrub state ...
+    meta      str key -> bytes          node_id, simulation flag, used_bytes and capacity (u64), scrub state
     headers   shard_id -> protected record of ShardHeader.encode()
     info      shard_id -> stored_bytes u64 | last_verified_unix_ms i64 | damaged_rows u32
     rows      shard_id | row u32 -> checksum[32] | fragment
@@ -35,6 +35,7 @@ from orbitvault.erasure.record import protect, recover, stored_size
 from orbitvault.erasure.stripe import CHECKSUM_LEN
 from orbitvault.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -102,23 +103,33 @@ class ShardStore:
         self,
         path: str | Path,
         *,
-        capacity_bytes: int,
+        capacity_bytes: int | None = None,
         create: bool = True,
         simulation: bool = False,
         sync: bool = True,
     ) -> None:
-        if not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
+        if capacity_bytes is not None and (
+            not isinstance(capacity_bytes, int) or isinstance(capacity_bytes, bool) or capacity_bytes <= 0
+        ):
             raise InvalidArgument(f"capacity must be a positive number of bytes, got {capacity_bytes!r}")
         self.path = Path(path)
         db_path = self.path / "lmdb"
         if not db_path.exists():
             if not create:
                 raise NotFound(f"no shard store at {self.path}")
+            if capacity_bytes is None:
+                raise InvalidArgument("a new shard store needs a capacity")
             db_path.mkdir(parents=True)
-        self.capacity_bytes = capacity_bytes
+        known = _read_capacity(db_path)
+        capacity = capacity_bytes or known
+        if capacity is None:
+            raise InvalidArgument(f"the shard store at {self.path} records no capacity; give one")
+        self.capacity_bytes: int = capacity
         # The map is a sparse reservation, sized from capacity so it never fills before the store does
-        # (LMDB stores a 64 KiB value in 17 pages; headroom covers that and the B-trees).
-        map_size = capacity_bytes * 2 + (256 << 20)
+        # (LMDB stores a 64 KiB value in 17 pages; headroom covers that and the B-trees). Every
+        # process sizes it from the same recorded capacity, and never below what the file holds.
+        data_file = db_path / "data.mdb"
+        map_size = max(capacity * 2 + (256 << 20), data_file.stat().st_size if data_file.exists() else 0)
         try:
             self._env = lmdb.open(str(db_path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync, readahead=False)
         except lmdb.Error as exc:
@@ -138,6 +149,8 @@ class ShardStore:
                 txn.put(b"used_bytes", _U64.pack(0), db=self._meta)
             self.node_id: bytes = bytes(node_id)
             self.simulation: bool = txn.get(b"simulation", db=self._meta) == b"1"
+            if known != capacity:
+                txn.put(b"capacity", _U64.pack(capacity), db=self._meta)
 
     def close(self) -> None:
         self._env.close()
@@ -326,7 +339,8 @@ class ShardStore:
     # --- repair -----------------------------------------------------------------------------------
 
     def write_row(self, shard_id: bytes, row: int, fragment: bytes) -> None:
-        """Store a rebuilt fragment, accepted only if it matches one of the row's two stored checksums."""
+        """Store a rebuilt fragment, accepted only if it matches one of the row's two stored checksums
+        (or is byte-identical to the stored fragment, when both checksum copies were damaged)."""
         header = self.header(shard_id)
         self._check_row(header, row)
         if not isinstance(fragment, bytes) or len(fragment) != header.fragment_len(row):
@@ -337,7 +351,10 @@ class ShardStore:
             sums = txn.get(shard_id, db=self._sums) or b""
             beside = bytes(value[:CHECKSUM_LEN]) if value else b""
             copies = {beside, sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN]}
-            if actual not in copies:
+            # Both checksum copies hit but the fragment intact: the rebuild (from k verified peers)
+            # reproducing the stored fragment exactly is the proof.
+            intact = value is not None and value[CHECKSUM_LEN:] == fragment
+            if actual not in copies and not intact:
                 raise InvalidArgument(f"shard {shard_id.hex()} row {row}: rebuilt fragment matches no stored checksum")
             txn.put(_ROW_KEY.pack(shard_id, row), actual + fragment, db=self._rows)
             self._set_checksum(txn, shard_id, row, actual)
@@ -413,6 +430,8 @@ class ShardStore:
                 out.append(self.head(sid))
             except NotFound:
                 continue  # deleted between the two transactions
+            except DataLoss:
+                continue  # header beyond repair: the scrubber reports it; listing the rest must go on
         return out
 
     def _object_shards(self, object_id: bytes, after: bytes, limit: int) -> list[bytes]:
@@ -457,10 +476,12 @@ class ShardStore:
             raise NotFound(f"shard {shard_id.hex()} has no stored {target!r}")
         return len(value)
 
-    def flip_bit(self, shard_id: bytes, target: Target, bit: int) -> None:
-        """Fault injection: flip one stored bit. Only on stores created as simulation stores."""
-        if not self.simulation:
-            raise FailedPrecondition(f"{self.path} is not a simulation store; refusing to damage it")
+    def flip_bit(self, shard_id: bytes, target: Target, bit: int, *, force: bool = False) -> None:
+        """Fault injection: flip one stored bit. Only on simulation stores unless forced."""
+        if not self.simulation and not force:
+            raise FailedPrecondition(
+                f"{self.path} is not a simulation store; refusing to damage it (force to override)"
+            )
         with self._env.begin(write=True) as txn:
             db, key = self._target(txn, shard_id, target)
             value = txn.get(key, db=db)
@@ -507,7 +528,23 @@ class ShardStore:
         return row
 
 
-_RESERVED_META = {"node_id", "simulation", "used_bytes"}
+_RESERVED_META = {"node_id", "simulation", "used_bytes", "capacity"}
+
+
+def _read_capacity(db_path: Path) -> int | None:
+    """The capacity recorded by the last process that opened the store with one (None if never)."""
+    if not (db_path / "data.mdb").exists():
+        return None
+    env = lmdb.open(str(db_path), readonly=True, max_dbs=8, lock=True)
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin() as txn:
+            value = txn.get(b"capacity", db=meta)
+    except lmdb.NotFoundError:
+        return None
+    finally:
+        env.close()
+    return None if value is None else _U64.unpack(value)[0]
 
 
 def _meta_key(key: str) -> bytes:

@@ -271,3 +271,46 @@ def test_bad_inputs(store: ShardStore) -> None:
         ShardStore(store.path, capacity_bytes=0)
     store.put_meta("scrub.state", b"{}")
     assert store.get_meta("scrub.state") == b"{}" and store.get_meta("absent") is None
+
+
+def test_both_checksum_copies_damaged_with_the_fragment_intact(store: ShardStore) -> None:
+    header, frags, sums = make_shard()
+    store.put(header, batches(frags, sums))
+    store.flip_bit(header.shard_id, 2, 7)  # the checksum beside row 2
+    store.flip_bit(header.shard_id, CHECKSUMS, 8 * 32 * 2 + 7)  # and row 2's copy in the table
+    assert store.verify_rows(header.shard_id).damaged == [2]
+    store.write_row(header.shard_id, 2, frags[2])  # the rebuild reproduces the stored fragment exactly
+    assert store.verify_rows(header.shard_id).damaged == []
+    assert [r.checksum for r in store.read_rows(header.shard_id, [2])] == [sums[2]]
+
+
+def test_an_existing_store_opens_with_its_recorded_capacity(tmp_path: Path) -> None:
+    with ShardStore(tmp_path / "n", capacity_bytes=3 << 20):
+        pass
+    with ShardStore(tmp_path / "n", create=False) as s:
+        assert s.capacity_bytes == 3 << 20
+    with ShardStore(tmp_path / "n", capacity_bytes=5 << 20) as s:  # reconfigured
+        assert s.capacity_bytes == 5 << 20
+    with ShardStore(tmp_path / "n") as s:
+        assert s.capacity_bytes == 5 << 20
+    with pytest.raises(InvalidArgument):
+        ShardStore(tmp_path / "new")  # a new store needs a capacity
+
+
+def test_forced_faults_on_a_real_store(tmp_path: Path) -> None:
+    header, frags, sums = make_shard()
+    with ShardStore(tmp_path / "n", capacity_bytes=1 << 20) as s:
+        s.put(header, batches(frags, sums))
+        s.flip_bit(header.shard_id, 0, 8 * 40, force=True)
+        assert s.verify_rows(header.shard_id).damaged == [0]
+
+
+def test_listing_survives_a_header_beyond_repair(store: ShardStore) -> None:
+    good, f1, s1 = make_shard()
+    bad, f2, s2 = make_shard()
+    store.put(good, batches(f1, s1))
+    store.put(bad, batches(f2, s2))
+    for bit in range(0, 8 * store.stored_value_len(bad.shard_id, HEADER), 3):
+        store.flip_bit(bad.shard_id, HEADER, bit)
+    assert [i.header.shard_id for i in store.list(limit=10)] == [good.shard_id]
+    assert store.delete(bad.shard_id) > 0  # still deletable

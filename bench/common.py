@@ -1,0 +1,17 @@
+"""Shared by the benchmark scripts (run as `python bench/NAME.py`, so this imports as `common`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine() -> str:
+    """CPU model, cores and Python version: every recorded figure names the machine it came from."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

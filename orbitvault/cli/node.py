@@ -1,0 +1,80 @@
+"""`orbitvault node ...`: run and maintain a satellite storage node.
+
+Adapters only: options are parsed here, the work is in `orbitvault.storage` and
+`orbitvault.grpc.node_server`. Errors raised on purpose (`OrbitVaultError`) become one-line CLI
+errors, never tracebacks. gRPC is imported only by the commands that serve, so `orbitvault --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from orbitvault.cli.node_scrub import irradiate, scrub
+from orbitvault.errors import OrbitVaultError
+from orbitvault.storage.config import load_node_config
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except OrbitVaultError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.group()
+def node() -> None:
+    """Run and maintain a satellite storage node."""
+
+
+@node.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Node config (TOML). ORBITVAULT_NODE_* variables override it, flags override both.",
+)
+@click.option("--listen", help='gRPC address "host:port"; port 0 picks a free one.  [default: 127.0.0.1:0]')
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the shard store lives.")
+@click.option("--capacity", help='Bytes the node may use, e.g. "100GiB".')
+@click.option(
+    "--simulation/--no-simulation",
+    default=None,
+    help="Mark a new store as a test/simulation store (fault injection allowed).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    config_path: Path | None,
+    listen: str | None,
+    data_dir: Path | None,
+    capacity: str | None,
+    simulation: bool | None,
+    log_level: str,
+) -> None:
+    """Serve the ShardStore and gRPC health services until SIGTERM or Ctrl-C.
+
+    Prints "listening on HOST:PORT" once the port is bound; logs (key=value) go to stderr.
+    """
+    with _errors():
+        config = load_node_config(
+            config_path,
+            overrides={"listen": listen, "data_dir": data_dir, "capacity": capacity, "simulation": simulation},
+        )
+        from orbitvault.grpc.node_server import configure_logging, run
+
+        configure_logging(log_level)
+        run(config, announce=lambda address: click.echo(f"listening on {address}"))
+
+
+node.add_command(scrub)
+node.add_command(irradiate)

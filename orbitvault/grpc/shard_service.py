@@ -1,0 +1,363 @@
+"""The ShardStore gRPC servicer: a thin adapter over the domain `orbitvault.storage.store.ShardStore`.
+
+It converts and bounds what arrives (`convert`), calls the store, and packs what goes out into
+messages of about 1 MiB; every raised orbitvault error becomes its status in `status.rpc_errors`.
+Only direct mode (all-or-nothing puts) exists so far: upload ids and ForwardShard belong to
+scheduled mode (issue 6) and are refused with FAILED_PRECONDITION until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from orbitvault import __version__
+from orbitvault.errors import FailedPrecondition, InvalidArgument, OrbitVaultError, Unavailable
+from orbitvault.grpc import convert
+from orbitvault.grpc.status import rpc_errors
+from orbitvault.grpc.v1 import shard_store_pb2 as pb
+from orbitvault.grpc.v1 import shard_store_pb2_grpc
+from orbitvault.orbit.clock import Clock, WallClock
+from orbitvault.storage.header import ShardHeader
+from orbitvault.storage.scrubber import ScrubState, load_state
+from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardStore
+
+log = logging.getLogger("orbitvault.node")
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Per-message framing allowance when packing rows (tags, lengths, the row number).
+_ROW_OVERHEAD = 16
+
+# Rebuild `rows` of the shard from peers and store them (store.write_row); return the rows it
+# repaired. Raising, or leaving a row out, means that row could not be repaired.
+Repairer = Callable[[ShardHeader, Sequence[int]], Iterable[int]]
+
+_SCRUB_ACTIVITY = {"idle": pb.SCRUB_ACTIVITY_IDLE, "running": pb.SCRUB_ACTIVITY_RUNNING}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What NodeInfo reports besides the store's own figures (from the node's configuration)."""
+
+    name: str
+    satellite: str = ""
+    plane: str = ""
+    scrub_in_process: bool = False
+    scrub_rate_bytes_per_s: int = 0
+
+
+class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
+    """Serves one node's store. Thread-safe: the store is, and the servicer keeps only counters."""
+
+    def __init__(
+        self,
+        store: ShardStore,
+        identity: NodeIdentity,
+        *,
+        clock: Clock | None = None,
+        repair: Repairer | None = None,
+        max_concurrent_puts: int = 4,
+        put_wait_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.clock = clock or WallClock()
+        self.repair = repair
+        self.max_concurrent_puts = max_concurrent_puts
+        self._put_slots = threading.BoundedSemaphore(max_concurrent_puts)
+        self._put_wait_s = put_wait_s
+        self._active = 0
+        self._idle = threading.Condition()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def puts_in_flight(self) -> int:
+        with self._idle:
+            return self._active
+
+    def wait_puts_done(self, timeout: float | None) -> bool:
+        """Block until no put is running (the store may be closed then); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    @contextmanager
+    def _put_slot(self) -> Iterator[None]:
+        # Each put buffers up to one whole shard before its commit, so the number of puts at once
+        # is what bounds the node's memory; a caller beyond it retries later (or elsewhere).
+        if not self._put_slots.acquire(timeout=self._put_wait_s):
+            raise Unavailable(
+                f"node busy: {self.max_concurrent_puts} uploads in progress; retry later or use another node"
+            )
+        with self._idle:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+            self._put_slots.release()
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+    # --- PutShard -------------------------------------------------------------------------------
+
+    @rpc_errors
+    def PutShard(
+        self, request_iterator: Iterator[pb.PutShardRequest], context: grpc.ServicerContext
+    ) -> pb.PutShardResponse:
+        with self._put_slot():
+            first = next(request_iterator, None)
+            if first is None:
+                raise InvalidArgument("empty PutShard stream: the first message must be `start` with the header")
+            if first.WhichOneof("body") != "start":
+                raise InvalidArgument("the first PutShard message must be `start` with the header")
+            start = first.start
+            if start.upload_id or start.resume:
+                raise FailedPrecondition(
+                    "resumable uploads (upload_id, resume) arrive with scheduled mode (issue 6); "
+                    "send without upload_id for an all-or-nothing put"
+                )
+            if not start.HasField("header"):
+                raise InvalidArgument("start.header is required")
+            header = convert.header_from_proto(start.header, "start.header")
+            began = time.monotonic()
+            info = self.store.put(header, self._batches(request_iterator, header))
+            committed = self._now_ms()
+            log.info(
+                "put committed shard=%s object=%s rows=%d bytes=%d ms=%.1f",
+                header.shard_id.hex(),
+                header.object_id.hex(),
+                header.row_count,
+                info.stored_bytes,
+                (time.monotonic() - began) * 1000,
+            )
+            return pb.PutShardResponse(
+                shard_id=header.shard_id,
+                complete=True,
+                committed_rows=header.row_count,
+                stored_bytes=info.stored_bytes,
+                committed_unix_ms=committed,
+            )
+
+    @staticmethod
+    def _batches(requests: Iterator[pb.PutShardRequest], header: ShardHeader) -> Iterator[RowBatch]:
+        """The rest of the stream as domain batches; anything but `rows` is refused. A broken
+        stream raises out of here and through store.put, which then stores nothing."""
+        for i, msg in enumerate(requests, start=2):
+            kind = msg.WhichOneof("body")
+            if kind == "rows":
+                yield convert.row_batch_from_proto(msg.rows, header, f"message {i} (rows)")
+            elif kind == "start":
+                raise InvalidArgument(f"message {i} is a second `start`; only the first message may be `start`")
+            else:
+                raise InvalidArgument(f"message {i} is empty: every message after `start` carries rows")
+
+    # --- GetShard -------------------------------------------------------------------------------
+
+    @rpc_errors
+    def GetShard(self, request: pb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[pb.GetShardResponse]:
+        sid = convert.check_id(request.shard_id, "shard_id")
+        header = self.store.header(sid)
+        rows = convert.row_range(request, header.row_count)
+        if request.include_header:
+            yield pb.GetShardResponse(header=convert.header_to_proto(header))
+        first = rows.start
+        frags: list[bytes] = []
+        sums: list[bytes] = []
+        size = 0
+        damaged: list[int] = []
+        for r in self._read_repaired(header, rows):
+            if r.status is RowStatus.OK and r.fragment is not None:
+                frag = r.fragment
+            else:  # proto: an empty fragment with the checksum it should have; the reader decodes it elsewhere
+                frag = b""
+                damaged.append(r.row)
+            if frags and size + len(frag) > 2 * convert.TARGET_MESSAGE_BYTES:
+                yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
+                first, frags, sums, size = r.row, [], [], 0
+            frags.append(frag)
+            sums.append(r.checksum)
+            size += len(frag) + len(r.checksum) + _ROW_OVERHEAD
+            if size >= convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE:
+                yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
+                first, frags, sums, size = r.row + 1, [], [], 0
+        if frags:
+            yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
+        if damaged:
+            log.warning("get sent damaged rows as empty shard=%s rows=%s", sid.hex(), _rows_text(damaged))
+
+    def _read_repaired(self, header: ShardHeader, rows: range) -> Iterator[RowRead]:
+        """Rows in order; with a repairer, a damaged row is rebuilt from peers and re-read first."""
+        sid = header.shard_id
+        for r in self.store.read_rows(sid, rows):
+            if r.status is RowStatus.OK or self.repair is None:
+                yield r
+                continue
+            yield self._repair_row(header, r)
+
+    def _repair_row(self, header: ShardHeader, bad: RowRead) -> RowRead:
+        sid = header.shard_id
+        assert self.repair is not None
+        try:
+            repaired = set(self.repair(header, [bad.row]))
+        except OrbitVaultError as exc:
+            log.warning("row repair failed shard=%s row=%d error=%r", sid.hex(), bad.row, str(exc))
+            return bad
+        except Exception:
+            log.exception("row repair crashed shard=%s row=%d", sid.hex(), bad.row)
+            return bad
+        if bad.row not in repaired:
+            return bad
+        again = next(iter(self.store.read_rows(sid, [bad.row])))
+        if again.status is RowStatus.OK:
+            log.info("row repaired on read shard=%s row=%d", sid.hex(), bad.row)
+        return again
+
+    # --- HeadShard, DeleteShard, ListShards -------------------------------------------------------
+
+    @rpc_errors
+    def HeadShard(self, request: pb.HeadShardRequest, context: grpc.ServicerContext) -> pb.HeadShardResponse:
+        sid = convert.check_id(request.shard_id, "shard_id")
+        return pb.HeadShardResponse(shard=convert.shard_info_to_proto(self.store.head(sid)))
+
+    @rpc_errors
+    def DeleteShard(self, request: pb.DeleteShardRequest, context: grpc.ServicerContext) -> pb.DeleteShardResponse:
+        sid = convert.check_id(request.shard_id, "shard_id")
+        freed = self.store.delete(sid)
+        if freed:
+            log.info("shard deleted shard=%s freed=%d", sid.hex(), freed)
+        return pb.DeleteShardResponse(existed=freed > 0, freed_bytes=freed)
+
+    @rpc_errors
+    def ListShards(self, request: pb.ListShardsRequest, context: grpc.ServicerContext) -> pb.ListShardsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size {size} is above the maximum {MAX_PAGE_SIZE}")
+        if len(request.page_token) > convert.MAX_PAGE_TOKEN:
+            raise InvalidArgument(f"page_token is longer than {convert.MAX_PAGE_TOKEN} characters")
+        after = convert.id_from_hex(request.page_token, "page_token") if request.page_token else b""
+        object_id = convert.check_id(request.object_id, "object_id") if request.object_id else None
+        # One extra tells whether another page exists, so an empty token really means the end.
+        infos = self.store.list(after=after, limit=size + 1, object_id=object_id)
+        out = pb.ListShardsResponse()
+        bytes_used = 0
+        for info in infos[:size]:
+            msg = convert.shard_info_to_proto(info, include_catalog_record=request.include_catalog_records)
+            bytes_used += msg.ByteSize()
+            if out.shards and bytes_used > convert.TARGET_MESSAGE_BYTES:
+                break  # keep pages under about 1 MiB; the token resumes right here
+            out.shards.append(msg)
+        if len(out.shards) < len(infos):
+            out.next_page_token = convert.id_hex(out.shards[-1].header.shard_id)
+        return out
+
+    # --- ReadRows -------------------------------------------------------------------------------------
+
+    @rpc_errors
+    def ReadRows(self, request: pb.ReadRowsRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadRowsResponse]:
+        sid = convert.check_id(request.shard_id, "shard_id")
+        header = self.store.header(sid)
+        rows = convert.check_row_list(request.rows, header.row_count)
+        out = pb.ReadRowsResponse()
+        size = 0
+        for r in self.store.read_rows(sid, rows):
+            item = convert.row_read_to_proto(r)
+            n = len(item.fragment) + len(item.checksum) + _ROW_OVERHEAD
+            if out.rows and size + n > 2 * convert.TARGET_MESSAGE_BYTES:
+                yield out
+                out, size = pb.ReadRowsResponse(), 0
+            out.rows.append(item)
+            size += n
+            if size >= convert.TARGET_MESSAGE_BYTES:
+                yield out
+                out, size = pb.ReadRowsResponse(), 0
+        if out.rows:
+            yield out
+
+    # --- NodeInfo, ForwardShard -------------------------------------------------------------------------
+
+    @rpc_errors
+    def NodeInfo(self, request: pb.NodeInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfoResponse:
+        return pb.NodeInfoResponse(
+            node_id=self.store.node_id,
+            name=self.identity.name,
+            satellite=self.identity.satellite,
+            plane=self.identity.plane,
+            capacity_bytes=self.store.capacity_bytes,
+            used_bytes=self.store.used_bytes(),
+            shard_count=self.store.shard_count(),
+            partial_upload_count=0,
+            scrub=self.scrub_state(),
+            node_time_unix_ms=self._now_ms(),
+            version=__version__,
+        )
+
+    def scrub_state(self) -> pb.ScrubState:
+        """From the state the scrubber (in this process or `node scrub`) persists in the store."""
+        try:
+            st = load_state(self.store)
+        except OrbitVaultError as exc:  # unreadable state must not take NodeInfo down with it
+            log.warning("scrub state unreadable error=%r", str(exc))
+            st = ScrubState()
+        live = st.pid != 0 and _process_alive(st.pid)
+        if live and st.activity in _SCRUB_ACTIVITY:
+            activity = _SCRUB_ACTIVITY[st.activity]
+        elif self.identity.scrub_in_process:
+            activity = pb.SCRUB_ACTIVITY_IDLE
+        else:  # no scrubber here and none alive elsewhere; a stale "running" means it died
+            activity = pb.SCRUB_ACTIVITY_DISABLED
+        running = activity == pb.SCRUB_ACTIVITY_RUNNING
+        return pb.ScrubState(
+            activity=activity,
+            position_shard_id=st.position_shard_id if running else b"",
+            position_row=st.position_row if running else 0,
+            pass_shards_done=st.pass_shards_done,
+            pass_shards_total=st.pass_shards_total,
+            passes_completed=st.passes_completed,
+            pass_started_unix_ms=st.pass_started_unix_ms if st.pass_in_progress else 0,
+            last_pass_completed_unix_ms=st.last_pass_completed_unix_ms,
+            throttle_bytes_per_sec=st.throttle_bytes_per_sec if live else self.identity.scrub_rate_bytes_per_s,
+            shards_verified=st.shards_verified,
+            rows_verified=st.rows_verified,
+            bytes_verified=st.bytes_verified,
+            damaged_found=st.damaged_found,
+            repaired_in_place=st.repaired_in_place,
+            repaired_from_peers=st.repaired_from_peers,
+            unrecoverable=st.unrecoverable,
+        )
+
+    @rpc_errors
+    def ForwardShard(self, request: pb.ForwardShardRequest, context: grpc.ServicerContext) -> pb.ForwardShardResponse:
+        raise FailedPrecondition(
+            "ForwardShard (store-and-forward between nodes) arrives with scheduled mode (issue 6); "
+            "this node serves direct mode only"
+        )
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether the scrubber that last wrote the state still runs (it shares this host: LMDB is local)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rows_text(rows: Sequence[int], limit: int = 20) -> str:
+    shown = ",".join(map(str, rows[:limit]))
+    return shown + (f",...(+{len(rows) - limit})" if len(rows) > limit else "")
