@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from orbitvault import __version__
-from orbitvault.errors import FailedPrecondition, InvalidArgument, OrbitVaultError, Unavailable
+from orbitvault.errors import DataLoss, FailedPrecondition, InvalidArgument, OrbitVaultError, Unavailable
 from orbitvault.grpc import convert
 from orbitvault.grpc.status import rpc_errors
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
@@ -195,7 +195,13 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         if frags:
             yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
         if damaged:
+            # Every healthy row has been sent; the status names the rest, so a reader keeps what it
+            # got and decodes exactly these rows from other shards.
             log.warning("get sent damaged rows as empty shard=%s rows=%s", sid.hex(), _rows_text(damaged))
+            raise DataLoss(
+                f"shard {sid.hex()} rows {_rows_text(damaged)} are damaged and could not be repaired "
+                "from peers; read those rows from sibling shards"
+            )
 
     def _read_repaired(self, header: ShardHeader, rows: range) -> Iterator[RowRead]:
         """Rows in order; with a repairer, a damaged row is rebuilt from peers and re-read first."""

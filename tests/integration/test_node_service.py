@@ -219,12 +219,28 @@ def test_read_rows(node: NodeClient, make_shard: Any) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details, (bad, details)
 
 
+def read_until_status(node: Any, shard_id: bytes) -> tuple[list[bytes], list[bytes], grpc.RpcError | None]:
+    """Every row a GetShard stream delivers, and the error status it ended with (None if OK)."""
+    frags: list[bytes] = []
+    sums: list[bytes] = []
+    try:
+        for msg in node.stub.GetShard(pb.GetShardRequest(shard_id=shard_id), timeout=10):
+            frags += msg.rows.fragments
+            sums += msg.rows.checksums
+    except grpc.RpcError as exc:
+        return frags, sums, exc
+    return frags, sums, None
+
+
 def test_damaged_rows_are_never_sent_as_data(start_node: Any, make_shard: Any) -> None:
     node = start_node(simulation=True)
     shard = make_shard()
     node.put(shard)
     node.store.flip_bit(shard.shard_id, 3, 8 * 32 + 100)  # a bit of row 3's fragment, after its checksum
-    _, frags, sums = node.get_rows(shard.shard_id)
+    # No peers to repair from: every healthy row arrives, row 3 as an empty marker, then DATA_LOSS names it.
+    frags, sums, error = read_until_status(node, shard.shard_id)
+    assert error is not None and error.code() is grpc.StatusCode.DATA_LOSS
+    assert "rows 3 are damaged" in error.details()
     assert frags[3] == b"" and sums[3] == shard.checksums[3]
     assert frags[:3] + frags[4:] == shard.fragments[:3] + shard.fragments[4:]
     reads = [r for m in node.stub.ReadRows(pb.ReadRowsRequest(shard_id=shard.shard_id, rows=[2, 3])) for r in m.rows]
@@ -261,7 +277,8 @@ def test_failing_repairer_falls_back_to_an_empty_fragment(start_node: Any, make_
     shard = make_shard()
     node.put(shard)
     node.store.flip_bit(shard.shard_id, 0, 8 * 40)
-    _, frags, sums = node.get_rows(shard.shard_id)
+    frags, sums, error = read_until_status(node, shard.shard_id)
+    assert error is not None and error.code() is grpc.StatusCode.DATA_LOSS
     assert frags[0] == b"" and sums[0] == shard.checksums[0] and frags[1:] == shard.fragments[1:]
 
 

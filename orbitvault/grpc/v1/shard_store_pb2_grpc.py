@@ -101,8 +101,10 @@ class ShardStoreServicer:
         """Read a complete shard. Server stream: the header first if include_header, then the rows of
         the requested range in order. A row that fails its checksum and cannot be repaired in place
         is sent as an empty fragment (see RowBatch) so the reader can decode that row from other
-        shards. Errors: NOT_FOUND, FAILED_PRECONDITION (shard only partially uploaded),
-        INVALID_ARGUMENT (range beyond row_count).
+        shards; after the last row the call then ends with DATA_LOSS naming those rows, so the
+        reader keeps every healthy row and knows exactly which to decode elsewhere.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (shard only partially uploaded),
+        INVALID_ARGUMENT (range beyond row_count), DATA_LOSS (as above).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
