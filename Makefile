@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/erasure.py
+	$(BIN)/python bench/node.py
+	$(BIN)/python bench/scrub.py
 
 proto: $(STAMP)
 	$(BIN)/python -m orbitvault.grpc.codegen
