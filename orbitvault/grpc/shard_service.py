@@ -9,7 +9,6 @@ scheduled mode (issue 6) and are refused with FAILED_PRECONDITION until then.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +25,7 @@ from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.grpc.v1 import shard_store_pb2_grpc
 from orbitvault.orbit.clock import Clock, WallClock
 from orbitvault.storage.header import ShardHeader
-from orbitvault.storage.scrubber import ScrubState, load_state
+from orbitvault.storage.scrubber import ScrubState, format_rows, load_state, process_alive
 from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardStore
 
 log = logging.getLogger("orbitvault.node")
@@ -197,9 +196,9 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         if damaged:
             # Every healthy row has been sent; the status names the rest, so a reader keeps what it
             # got and decodes exactly these rows from other shards.
-            log.warning("get sent damaged rows as empty shard=%s rows=%s", sid.hex(), _rows_text(damaged))
+            log.warning("get sent damaged rows as empty shard=%s rows=%s", sid.hex(), format_rows(damaged))
             raise DataLoss(
-                f"shard {sid.hex()} rows {_rows_text(damaged)} are damaged and could not be repaired "
+                f"shard {sid.hex()} rows {format_rows(damaged)} are damaged and could not be repaired "
                 "from peers; read those rows from sibling shards"
             )
 
@@ -316,7 +315,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         except OrbitVaultError as exc:  # unreadable state must not take NodeInfo down with it
             log.warning("scrub state unreadable error=%r", str(exc))
             st = ScrubState()
-        live = st.pid != 0 and _process_alive(st.pid)
+        live = st.pid != 0 and process_alive(st.pid)
         if live and st.activity in _SCRUB_ACTIVITY:
             activity = _SCRUB_ACTIVITY[st.activity]
         elif self.identity.scrub_in_process:
@@ -349,21 +348,3 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             "ForwardShard (store-and-forward between nodes) arrives with scheduled mode (issue 6); "
             "this node serves direct mode only"
         )
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether the scrubber that last wrote the state still runs (it shares this host: LMDB is local)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _rows_text(rows: Sequence[int], limit: int = 20) -> str:
-    shown = ",".join(map(str, rows[:limit]))
-    return shown + (f",...(+{len(rows) - limit})" if len(rows) > limit else "")

@@ -586,7 +586,7 @@ class Scrubber:
 
     def _refuse_if_another_runs(self, st: ScrubState) -> None:
         """Two scrubbers on one store would interleave their position and counters: refuse the second."""
-        other = st.pid not in (0, os.getpid()) and _process_alive(st.pid)
+        other = st.pid not in (0, os.getpid()) and process_alive(st.pid)
         fresh = self._wall_ms() - st.updated_unix_ms < LIVE_STATE_MS
         if st.activity == "running" and other and fresh:
             raise FailedPrecondition(
@@ -725,7 +725,10 @@ class Scrubber:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process that last wrote the scrub state still runs (LMDB stores are host-local)."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
