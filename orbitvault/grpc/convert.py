@@ -17,7 +17,7 @@ from orbitvault.erasure.stripe import CHECKSUM_LEN, coder_for
 from orbitvault.errors import GeometryError, InvalidArgument
 from orbitvault.grpc.v1 import common_pb2, shard_store_pb2
 from orbitvault.storage.header import ID_LEN, MAX_CATALOG_RECORD, ShardHeader, Sibling
-from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardInfo
+from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardInfo, UploadState
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -255,7 +255,7 @@ def row_range(msg: shard_store_pb2.GetShardRequest, row_count: int) -> range:
 
 
 def shard_info_to_proto(info: ShardInfo, *, include_catalog_record: bool = True) -> shard_store_pb2.ShardInfo:
-    """A stored shard (direct mode only knows complete shards)."""
+    """A complete stored shard."""
     return shard_store_pb2.ShardInfo(
         header=header_to_proto(info.header, include_catalog_record=include_catalog_record),
         state=shard_store_pb2.SHARD_STATE_COMPLETE,
@@ -263,6 +263,17 @@ def shard_info_to_proto(info: ShardInfo, *, include_catalog_record: bool = True)
         stored_bytes=info.stored_bytes,
         damaged_rows=info.damaged_rows,
         last_verified_unix_ms=info.last_verified_unix_ms,
+    )
+
+
+def upload_state_to_proto(state: UploadState) -> shard_store_pb2.ShardInfo:
+    """A partial upload (scheduled mode): where a resumed transfer continues."""
+    return shard_store_pb2.ShardInfo(
+        header=header_to_proto(state.header),
+        state=shard_store_pb2.SHARD_STATE_PARTIAL,
+        committed_rows=state.committed_rows,
+        upload_id=state.upload_id,
+        upload_expires_unix_ms=state.expires_unix_ms,
     )
 
 

@@ -2,8 +2,9 @@
 
 It converts and bounds what arrives (`convert`), calls the store, and packs what goes out into
 messages of about 1 MiB; every raised orbitvault error becomes its status in `status.rpc_errors`.
-Only direct mode (all-or-nothing puts) exists so far: upload ids and ForwardShard belong to
-scheduled mode (issue 6) and are refused with FAILED_PRECONDITION until then.
+PutShard is all-or-nothing without an upload id (direct mode) and resumable with one (scheduled
+mode: rows commit as they arrive, HeadShard tells where to continue). ForwardShard arrives with
+the scheduler (issue 6) and is refused with FAILED_PRECONDITION until then.
 """
 
 from __future__ import annotations
@@ -122,14 +123,11 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             if first.WhichOneof("body") != "start":
                 raise InvalidArgument("the first PutShard message must be `start` with the header")
             start = first.start
-            if start.upload_id or start.resume:
-                raise FailedPrecondition(
-                    "resumable uploads (upload_id, resume) arrive with scheduled mode (issue 6); "
-                    "send without upload_id for an all-or-nothing put"
-                )
             if not start.HasField("header"):
                 raise InvalidArgument("start.header is required")
             header = convert.header_from_proto(start.header, "start.header")
+            if start.upload_id or start.resume:
+                return self._put_resumable(start, header, request_iterator)
             began = time.monotonic()
             info = self.store.put(header, self._batches(request_iterator, header))
             committed = self._now_ms()
@@ -148,6 +146,33 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                 stored_bytes=info.stored_bytes,
                 committed_unix_ms=committed,
             )
+
+    def _put_resumable(
+        self, start: pb.PutShardStart, header: ShardHeader, requests: Iterator[pb.PutShardRequest]
+    ) -> pb.PutShardResponse:
+        """Scheduled mode: rows commit as they arrive; a cut stream keeps them for a resume."""
+        if not start.upload_id:
+            raise InvalidArgument("resume needs the upload_id of the transfer to continue")
+        now = self._now_ms()
+        self.store.expire_uploads(now)
+        state = self.store.put_rows(
+            header, bytes(start.upload_id), self._batches(requests, header), now_unix_ms=now, resume=start.resume
+        )
+        log.info(
+            "upload shard=%s committed_rows=%d of %d complete=%s",
+            header.shard_id.hex(),
+            state.committed_rows,
+            header.row_count,
+            state.complete,
+        )
+        return pb.PutShardResponse(
+            shard_id=header.shard_id,
+            complete=state.complete,
+            committed_rows=state.committed_rows,
+            stored_bytes=self.store.required_bytes(header) if state.complete else 0,
+            committed_unix_ms=self._now_ms(),
+            upload_expires_unix_ms=state.expires_unix_ms,
+        )
 
     @staticmethod
     def _batches(requests: Iterator[pb.PutShardRequest], header: ShardHeader) -> Iterator[RowBatch]:
@@ -234,6 +259,9 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
     @rpc_errors
     def HeadShard(self, request: pb.HeadShardRequest, context: grpc.ServicerContext) -> pb.HeadShardResponse:
         sid = convert.check_id(request.shard_id, "shard_id")
+        upload = self.store.upload_state(sid)
+        if upload is not None:
+            return pb.HeadShardResponse(shard=convert.upload_state_to_proto(upload))
         return pb.HeadShardResponse(shard=convert.shard_info_to_proto(self.store.head(sid)))
 
     @rpc_errors

@@ -12,6 +12,9 @@ LMDB layout (named databases in `<path>/lmdb`):
     rows      shard_id | row u32 -> checksum[32] | fragment
     sums      shard_id -> checksum[32] * row_count   (second copy of every row checksum)
     by_object object_id | shard_id -> b""
+    uploads   shard_id -> id length u8 | committed rows u32 | expires i64 | upload id | header record
+              (partial uploads of scheduled mode; their rows and checksums sit in `rows`/`sums`
+              already, the shard becomes visible when `headers` gets it at the last row)
 
 Checksums are kept twice because radiation hits them too: a row is verified against the copy
 beside it; when they disagree, two of {fragment hash, copy 1, copy 2} agreeing tells which of the
@@ -48,6 +51,9 @@ _ROW_KEY = struct.Struct(">32sI")
 _INFO = struct.Struct(">QqI")
 _U64 = struct.Struct(">Q")
 _READ_BATCH_BYTES = 4 << 20  # rows copied out per read transaction
+_FLUSH_BYTES = 8 << 20  # an upload commits (synced) every this many bytes of verified rows
+_UPLOAD = struct.Struct(">BIq")  # upload id length, committed rows, expires unix ms
+UPLOAD_TTL_MS = 7 * 24 * 3600 * 1000  # a partial upload not resumed within a week is dropped
 
 HEADER = "header"
 CHECKSUMS = "checksums"
@@ -85,6 +91,42 @@ class ShardInfo:
     stored_bytes: int
     damaged_rows: int
     last_verified_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """Where a resumable upload stands: rows below `committed_rows` are committed."""
+
+    header: ShardHeader
+    upload_id: bytes
+    committed_rows: int
+    expires_unix_ms: int  # 0 once complete
+
+    @property
+    def complete(self) -> bool:
+        return self.committed_rows == self.header.row_count
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    upload_id: bytes
+    committed_rows: int
+    expires_unix_ms: int
+    record: bytes  # the protected header record, stored as is when the shard completes
+
+    @property
+    def header(self) -> ShardHeader:
+        return ShardHeader.decode(recover(self.record).payload)
+
+
+def _pack_upload(upload_id: bytes, committed: int, expires: int, record: bytes) -> bytes:
+    return _UPLOAD.pack(len(upload_id), committed, expires) + upload_id + record
+
+
+def _unpack_upload(value: bytes) -> _Upload:
+    n, committed, expires = _UPLOAD.unpack_from(value)
+    start = _UPLOAD.size
+    return _Upload(bytes(value[start : start + n]), committed, expires, bytes(value[start + n :]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +182,7 @@ class ShardStore:
         self._rows = self._env.open_db(b"rows")
         self._sums = self._env.open_db(b"sums")
         self._by_object = self._env.open_db(b"by_object")
+        self._uploads = self._env.open_db(b"uploads")
         with self._env.begin(write=True) as txn:
             node_id = txn.get(b"node_id", db=self._meta)
             if node_id is None:
@@ -189,8 +232,9 @@ class ShardStore:
         record = protect(header.encode())
         try:
             with self._env.begin(write=True) as txn:
-                self._check_room(txn, header, required)  # authoritative: another put may have raced us
                 sid = header.shard_id
+                self._drop_upload(txn, sid)  # a whole shard supersedes a partial upload of it
+                self._check_room(txn, header, required)  # authoritative: another put may have raced us
                 txn.put(sid, record, db=self._headers)
                 txn.put(sid, _INFO.pack(required, 0, 0), db=self._info)
                 txn.put(sid, b"".join(digest for digest, _ in rows), db=self._sums)
@@ -213,37 +257,195 @@ class ShardStore:
             )
 
     def _collect(self, header: ShardHeader, batches: Iterable[RowBatch]) -> list[tuple[bytes, bytes]]:
-        """Validate the stream row by row into memory; commit happens only once it is whole."""
+        """Validate a whole-shard stream into memory; commit happens only once it is whole."""
+        rows = [(digest, fragment) for _, digest, fragment in self._incoming(header, batches, 0, b"")]
+        if len(rows) != header.row_count:
+            raise InvalidArgument(f"the stream ended after {len(rows)} row(s); the header says {header.row_count}")
+        return rows
+
+    @staticmethod
+    def _incoming(
+        header: ShardHeader, batches: Iterable[RowBatch], committed: int, committed_sums: bytes
+    ) -> Iterator[tuple[int, bytes, bytes]]:
+        """(row, checksum, fragment) of every new row, each checked for order, length and checksum.
+
+        The first batch may start at or below `committed` (a resumed transfer re-sending what it
+        was not sure had arrived); rows below it must carry the checksum already stored and are
+        skipped, so nothing committed is rewritten.
+        """
         row_count = header.row_count
         full_len = header.fragment_len(0)
         last_len = header.fragment_len(row_count - 1)
-        rows: list[tuple[bytes, bytes]] = []
+        expected: int | None = None
         for batch in batches:
             if not isinstance(batch, RowBatch):
                 raise InvalidArgument("shard rows must arrive as RowBatch messages")
-            if batch.first_row != len(rows):
-                raise InvalidArgument(f"rows out of order: expected row {len(rows)}, got a batch at {batch.first_row}")
+            if expected is None:
+                if not 0 <= batch.first_row <= committed:
+                    raise InvalidArgument(f"rows must continue at row {committed}; got a batch at {batch.first_row}")
+                expected = batch.first_row
+            elif batch.first_row != expected:
+                raise InvalidArgument(f"rows out of order: expected row {expected}, got a batch at {batch.first_row}")
             if len(batch.fragments) != len(batch.checksums):
                 raise InvalidArgument(
                     f"batch at row {batch.first_row}: {len(batch.fragments)} fragments, "
                     f"{len(batch.checksums)} checksums"
                 )
             for fragment, digest in zip(batch.fragments, batch.checksums, strict=True):
-                r = len(rows)
+                r, expected = expected, expected + 1
                 if r >= row_count:
                     raise InvalidArgument(f"the stream carries more than the header's {row_count} row(s)")
+                if not isinstance(digest, bytes) or len(digest) != CHECKSUM_LEN:
+                    raise InvalidArgument(f"row {r}: a checksum is {CHECKSUM_LEN} bytes")
+                if r < committed:
+                    if digest != committed_sums[r * CHECKSUM_LEN : (r + 1) * CHECKSUM_LEN]:
+                        raise InvalidArgument(f"row {r} differs from the row already committed for this upload")
+                    continue
                 want = last_len if r == row_count - 1 else full_len
                 if not isinstance(fragment, bytes) or len(fragment) != want:
                     got = len(fragment) if isinstance(fragment, bytes) else type(fragment).__name__
                     raise InvalidArgument(f"row {r}: fragment is {got} bytes, the header implies {want}")
-                if not isinstance(digest, bytes) or len(digest) != CHECKSUM_LEN:
-                    raise InvalidArgument(f"row {r}: a checksum is {CHECKSUM_LEN} bytes")
                 if blake3.blake3(fragment).digest() != digest:
                     raise InvalidArgument(f"row {r}: fragment does not match its checksum (damaged in transit?)")
-                rows.append((digest, fragment))
-        if len(rows) != row_count:
-            raise InvalidArgument(f"the stream ended after {len(rows)} row(s); the header says {row_count}")
-        return rows
+                yield r, digest, fragment
+
+    # --- resumable uploads (scheduled mode) -------------------------------------------------------
+
+    def put_rows(
+        self,
+        header: ShardHeader,
+        upload_id: bytes,
+        batches: Iterable[RowBatch],
+        *,
+        now_unix_ms: int,
+        resume: bool = False,
+        ttl_ms: int = UPLOAD_TTL_MS,
+    ) -> UploadState:
+        """Receive a shard across contact windows: rows are committed as they arrive.
+
+        A transfer cut at loss of signal keeps every verified row; `resume=True` continues it
+        from `committed_rows`. The shard stays invisible until its last row commits. Delivering
+        a complete shard again is harmless (its state is returned, nothing is rewritten). Space
+        for the whole shard is reserved when the upload starts, so it cannot fail later for room.
+        """
+        if not isinstance(header, ShardHeader):
+            raise InvalidArgument("put_rows needs a ShardHeader")
+        if not isinstance(upload_id, bytes) or not 16 <= len(upload_id) <= 32:
+            raise InvalidArgument("an upload id is 16 to 32 bytes")
+        sid, payload = header.shard_id, header.encode()
+        expires = now_unix_ms + ttl_ms
+        with self._env.begin(write=True) as txn:
+            stored = txn.get(sid, db=self._headers)
+            if stored is not None:
+                if recover(bytes(stored)).payload != payload:
+                    raise AlreadyExists(f"shard {sid.hex()} is already stored with another header")
+                return UploadState(header, upload_id, header.row_count, 0)
+            current = self._upload(txn, sid)
+            if resume:
+                if current is None:
+                    raise FailedPrecondition(
+                        f"no partial upload of shard {sid.hex()} to resume (never started or expired); "
+                        "start it again without resume"
+                    )
+                if current.upload_id != upload_id or current.header.encode() != payload:
+                    raise FailedPrecondition(
+                        f"upload {upload_id.hex()} does not match the partial upload of {sid.hex()}"
+                    )
+                committed = current.committed_rows
+            else:
+                if current is not None:
+                    self._drop_upload(txn, sid)
+                required = self.required_bytes(header)
+                self._check_room(txn, header, required)
+                self._add_used(txn, required)
+                txn.put(sid, b"", db=self._sums)
+                committed = 0
+            txn.put(sid, _pack_upload(upload_id, committed, expires, protect(payload)), db=self._uploads)
+            committed_sums = bytes(txn.get(sid, db=self._sums) or b"")
+        pending: list[tuple[int, bytes, bytes]] = []
+        size = 0
+        try:
+            for row in self._incoming(header, batches, committed, committed_sums):
+                pending.append(row)
+                size += len(row[2])
+                if size >= _FLUSH_BYTES:
+                    committed = self._flush(header, upload_id, pending, expires)
+                    pending, size = [], 0
+        finally:
+            if pending:  # keep every verified row, even when the stream broke or lied further on
+                committed = self._flush(header, upload_id, pending, expires)
+        return UploadState(header, upload_id, committed, 0 if committed == header.row_count else expires)
+
+    def _flush(self, header: ShardHeader, upload_id: bytes, rows: list[tuple[int, bytes, bytes]], expires: int) -> int:
+        """Commit verified rows of an upload (one synced transaction); finish the shard at its last row."""
+        sid = header.shard_id
+        try:
+            with self._env.begin(write=True) as txn:
+                current = self._upload(txn, sid)
+                if current is None or current.upload_id != upload_id:
+                    raise FailedPrecondition(f"upload {upload_id.hex()} of shard {sid.hex()} was replaced or expired")
+                committed = current.committed_rows
+                sums = bytearray(txn.get(sid, db=self._sums) or b"")
+                for r, digest, fragment in rows:
+                    if r < committed:
+                        continue  # a duplicate delivery committed it meanwhile; checksums were compared
+                    if r != committed:
+                        raise FailedPrecondition(f"upload of {sid.hex()} is at row {committed}, not {r}")
+                    txn.put(_ROW_KEY.pack(sid, r), digest + fragment, db=self._rows)
+                    sums += digest
+                    committed += 1
+                txn.put(sid, bytes(sums), db=self._sums)
+                if committed == header.row_count:
+                    txn.put(sid, current.record, db=self._headers)
+                    txn.put(sid, _INFO.pack(self.required_bytes(header), 0, 0), db=self._info)
+                    txn.put(header.object_id + sid, b"", db=self._by_object)
+                    txn.delete(sid, db=self._uploads)
+                else:
+                    txn.put(sid, _pack_upload(upload_id, committed, expires, current.record), db=self._uploads)
+        except lmdb.MapFullError as exc:
+            raise ResourceExhausted(f"the node's store map is full ({exc}); free space or raise capacity") from exc
+        return committed
+
+    def upload_state(self, shard_id: bytes) -> UploadState | None:
+        """The partial upload of a shard, if one is in progress (None for complete or absent shards)."""
+        _check_id(shard_id)
+        with self._env.begin() as txn:
+            current = self._upload(txn, shard_id)
+        if current is None:
+            return None
+        return UploadState(current.header, current.upload_id, current.committed_rows, current.expires_unix_ms)
+
+    def expire_uploads(self, now_unix_ms: int) -> int:
+        """Drop partial uploads past their expiry (their reserved space is freed); returns how many."""
+        with self._env.begin(write=True) as txn:
+            expired = [
+                bytes(sid)
+                for sid, value in txn.cursor(db=self._uploads)
+                if _unpack_upload(value).expires_unix_ms <= now_unix_ms
+            ]
+            for sid in expired:
+                self._drop_upload(txn, sid)
+        return len(expired)
+
+    def _upload(self, txn: lmdb.Transaction, shard_id: bytes) -> _Upload | None:
+        value = txn.get(shard_id, db=self._uploads)
+        return None if value is None else _unpack_upload(value)
+
+    def _drop_upload(self, txn: lmdb.Transaction, shard_id: bytes) -> None:
+        """Forget a partial upload: its rows, its checksums and its reservation."""
+        current = self._upload(txn, shard_id)
+        if current is None:
+            return
+        self._delete_rows(txn, shard_id)
+        txn.delete(shard_id, db=self._sums)
+        txn.delete(shard_id, db=self._uploads)
+        self._add_used(txn, -self.required_bytes(current.header))
+
+    def _delete_rows(self, txn: lmdb.Transaction, shard_id: bytes) -> None:
+        cursor = txn.cursor(db=self._rows)
+        if cursor.set_range(_ROW_KEY.pack(shard_id, 0)):
+            while cursor.key()[:ID_LEN] == shard_id and cursor.delete():
+                pass
 
     def _add_used(self, txn: lmdb.Transaction, delta: int) -> None:
         used = _U64.unpack(txn.get(b"used_bytes", db=self._meta))[0]
@@ -395,17 +597,18 @@ class ShardStore:
         with self._env.begin(write=True) as txn:
             record = txn.get(shard_id, db=self._headers)
             if record is None:
-                return 0
+                current = self._upload(txn, shard_id)
+                if current is None:
+                    return 0
+                self._drop_upload(txn, shard_id)
+                return self.required_bytes(current.header)
             stored = _INFO.unpack(txn.get(shard_id, db=self._info))[0]
             try:
                 object_id = ShardHeader.decode(recover(record).payload).object_id
                 txn.delete(object_id + shard_id, db=self._by_object)
             except OrbitVaultError:
                 pass  # a header beyond repair must not make its shard undeletable; the index entry is harmless
-            cursor = txn.cursor(db=self._rows)
-            if cursor.set_range(_ROW_KEY.pack(shard_id, 0)):
-                while cursor.key()[:ID_LEN] == shard_id and cursor.delete():
-                    pass
+            self._delete_rows(txn, shard_id)
             for db in (self._headers, self._info, self._sums):
                 txn.delete(shard_id, db=db)
             self._add_used(txn, -stored)

@@ -327,15 +327,51 @@ def test_health_service(node: NodeClient) -> None:
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_scheduled_mode_is_refused_for_now(node: NodeClient, make_shard: Any) -> None:
+def test_resumable_upload_across_passes(node: NodeClient, make_shard: Any) -> None:
+    """Scheduled mode: a transfer cut at loss of signal continues where it stopped, invisible till whole."""
     shard = make_shard()
+    rows = len(shard.fragments)
+    upload = b"u" * 16
 
-    def resumable() -> Any:
-        yield pb.PutShardRequest(start=pb.PutShardStart(header=shard.proto_header(), upload_id=b"u" * 16))
-        yield from shard.row_requests()
+    def start(resume: bool = False) -> pb.PutShardRequest:
+        return pb.PutShardRequest(start=pb.PutShardStart(header=shard.proto_header(), upload_id=upload, resume=resume))
 
-    code, details = rpc_code(lambda: node.stub.PutShard(resumable()))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "scheduled mode" in details
+    # Pass 1: the window ends after 3 rows; the sender half-closes.
+    first = node.stub.PutShard(iter([start(), *shard.row_requests(rows_per_message=1, end=3)]))
+    assert (first.complete, first.committed_rows) == (False, 3) and first.upload_expires_unix_ms > 0
+    head = node.stub.HeadShard(pb.HeadShardRequest(shard_id=shard.shard_id)).shard
+    assert (head.state, head.committed_rows, head.upload_id) == (pb.SHARD_STATE_PARTIAL, 3, upload)
+    assert node.stored_ids() == []  # not listed or readable; its space is reserved
+    assert node.stub.NodeInfo(pb.NodeInfoRequest()).used_bytes == node.store.required_bytes(shard.header)
+
+    # Pass 2: loss of signal mid-stream (the client's stream breaks after row 5).
+    def cut() -> Any:
+        yield start(resume=True)
+        yield from shard.row_requests(rows_per_message=1, first=3, end=5)
+        raise ConnectionResetError("loss of signal")
+
+    with pytest.raises(grpc.RpcError):
+        node.stub.PutShard(cut())
+    committed = node.stub.HeadShard(pb.HeadShardRequest(shard_id=shard.shard_id)).shard.committed_rows
+    assert 3 <= committed <= 5  # whatever reached the node before the cut is kept
+
+    # Pass 3: resume from what the node holds; only the rest is sent.
+    last = node.stub.PutShard(iter([start(resume=True), *shard.row_requests(rows_per_message=4, first=committed)]))
+    assert (last.complete, last.committed_rows) == (True, rows)
+    _, frags, _ = node.get_rows(shard.shard_id)
+    assert frags == shard.fragments
+    assert node.stub.HeadShard(pb.HeadShardRequest(shard_id=shard.shard_id)).shard.state == pb.SHARD_STATE_COMPLETE
+
+    # Delivering it again is harmless.
+    again = node.stub.PutShard(iter([start(), *shard.row_requests()]))
+    assert again.complete
+
+
+def test_resume_of_an_unknown_upload_is_refused(node: NodeClient, make_shard: Any) -> None:
+    shard = make_shard()
+    resume = pb.PutShardRequest(start=pb.PutShardStart(header=shard.proto_header(), upload_id=b"u" * 16, resume=True))
+    code, details = rpc_code(lambda: node.stub.PutShard(iter([resume, *shard.row_requests()])))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "no partial upload" in details
     code, details = rpc_code(lambda: node.stub.ForwardShard(pb.ForwardShardRequest(shard_id=shard.shard_id)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "issue 6" in details
     assert_empty(node)

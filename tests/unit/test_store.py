@@ -314,3 +314,100 @@ def test_listing_survives_a_header_beyond_repair(store: ShardStore) -> None:
         store.flip_bit(bad.shard_id, HEADER, bit)
     assert [i.header.shard_id for i in store.list(limit=10)] == [good.shard_id]
     assert store.delete(bad.shard_id) > 0  # still deletable
+
+
+# --- resumable uploads (scheduled mode) ------------------------------------------------------------
+
+UPLOAD = b"u" * 16
+NOW = 1_800_000_000_000
+
+
+def cut_after(frags: list[bytes], sums: list[bytes], rows: int) -> Iterator[RowBatch]:
+    """A transfer that loses signal after `rows` rows."""
+    yield from batches(frags[:rows], sums[:rows])
+    raise ConnectionResetError("loss of signal")
+
+
+def test_a_cut_upload_keeps_its_rows_and_resumes_without_resending(store: ShardStore) -> None:
+    header, frags, sums = make_shard(data_len=60_000)  # 4 rows (4+2, 4 KiB fragments)
+    with pytest.raises(ConnectionResetError):
+        store.put_rows(header, UPLOAD, cut_after(frags, sums, 2), now_unix_ms=NOW)
+    state = store.upload_state(header.shard_id)
+    assert state is not None and state.committed_rows == 2 and not state.complete
+    assert store.used_bytes() == store.required_bytes(header)  # reserved, so it cannot fail for room later
+    with pytest.raises(NotFound):
+        store.head(header.shard_id)  # invisible until complete
+    assert store.shard_count() == 0
+
+    sent: list[int] = []
+
+    def rest() -> Iterator[RowBatch]:
+        for batch in batches(frags[2:], sums[2:]):
+            sent.extend(range(batch.first_row + 2, batch.first_row + 2 + len(batch.fragments)))
+            yield RowBatch(batch.first_row + 2, batch.fragments, batch.checksums)
+
+    done = store.put_rows(header, UPLOAD, rest(), now_unix_ms=NOW + 60_000, resume=True)
+    assert done.complete and done.committed_rows == header.row_count
+    assert sent == list(range(2, header.row_count))  # nothing already received was resent
+    assert [r.fragment for r in store.read_rows(header.shard_id, range(header.row_count))] == frags
+    assert store.upload_state(header.shard_id) is None
+    assert store.used_bytes() == store.required_bytes(header) and store.shard_count() == 1
+    assert store.verify_rows(header.shard_id).damaged == []
+
+
+def test_resume_may_resend_committed_rows_but_they_must_match(store: ShardStore) -> None:
+    header, frags, sums = make_shard(data_len=60_000)
+    with pytest.raises(ConnectionResetError):
+        store.put_rows(header, UPLOAD, cut_after(frags, sums, 2), now_unix_ms=NOW)
+    lying = [sums[0], b"x" * 32, *sums[2:]]
+    with pytest.raises(InvalidArgument, match="differs from the row already committed"):
+        store.put_rows(header, UPLOAD, batches(frags, lying), now_unix_ms=NOW, resume=True)
+    done = store.put_rows(header, UPLOAD, batches(frags, sums), now_unix_ms=NOW, resume=True)  # from row 0
+    assert done.complete
+    assert [r.fragment for r in store.read_rows(header.shard_id, range(header.row_count))] == frags
+
+
+def test_sender_closing_early_gets_an_incomplete_state(store: ShardStore) -> None:
+    header, frags, sums = make_shard(data_len=60_000)
+    state = store.put_rows(header, UPLOAD, batches(frags[:3], sums[:3]), now_unix_ms=NOW)
+    assert (state.committed_rows, state.complete, state.expires_unix_ms > NOW) == (3, False, True)
+
+
+def test_duplicate_delivery_of_a_complete_shard_is_harmless(store: ShardStore) -> None:
+    header, frags, sums = make_shard()
+    store.put_rows(header, UPLOAD, batches(frags, sums), now_unix_ms=NOW)
+    again = store.put_rows(header, b"v" * 16, batches(frags, sums), now_unix_ms=NOW)
+    assert again.complete and store.shard_count() == 1
+    with pytest.raises(AlreadyExists):  # an all-or-nothing put of a stored shard is still refused
+        store.put(header, batches(frags, sums))
+
+
+def test_resume_needs_a_matching_partial_upload(store: ShardStore) -> None:
+    header, frags, sums = make_shard(data_len=60_000)
+    with pytest.raises(FailedPrecondition, match="no partial upload"):
+        store.put_rows(header, UPLOAD, batches(frags, sums), now_unix_ms=NOW, resume=True)
+    store.put_rows(header, UPLOAD, batches(frags[:1], sums[:1]), now_unix_ms=NOW)
+    with pytest.raises(FailedPrecondition, match="does not match"):
+        store.put_rows(header, b"w" * 16, batches(frags, sums), now_unix_ms=NOW, resume=True)
+    with pytest.raises(InvalidArgument):
+        store.put_rows(header, b"short", batches(frags, sums), now_unix_ms=NOW)
+
+
+def test_expired_and_deleted_uploads_free_their_reservation(store: ShardStore) -> None:
+    a, fa, sa = make_shard(data_len=60_000)
+    b, fb, sb = make_shard(data_len=60_000)
+    store.put_rows(a, UPLOAD, batches(fa[:1], sa[:1]), now_unix_ms=NOW, ttl_ms=1000)
+    store.put_rows(b, UPLOAD, batches(fb[:1], sb[:1]), now_unix_ms=NOW, ttl_ms=10_000)
+    assert store.expire_uploads(NOW + 5000) == 1
+    assert store.upload_state(a.shard_id) is None and store.upload_state(b.shard_id) is not None
+    assert store.delete(b.shard_id) == store.required_bytes(b)
+    assert store.used_bytes() == 0 and store.upload_state(b.shard_id) is None
+
+
+def test_a_whole_put_supersedes_a_partial_upload(store: ShardStore) -> None:
+    header, frags, sums = make_shard(data_len=60_000)
+    store.put_rows(header, UPLOAD, batches(frags[:2], sums[:2]), now_unix_ms=NOW)
+    store.put(header, batches(frags, sums))
+    assert store.upload_state(header.shard_id) is None
+    assert store.used_bytes() == store.required_bytes(header)
+    assert [r.fragment for r in store.read_rows(header.shard_id, range(header.row_count))] == frags
