@@ -1,0 +1,231 @@
+"""The gateway's configuration: a TOML file, overridden by environment variables, then flags.
+
+Schema (every key optional)::
+
+    state_dir = "/var/lib/orbitvault/gateway"  # catalog (LMDB); default: platformdirs user data dir / gateway
+    listen = "127.0.0.1:7300"         # ObjectStore gRPC address; port 0 picks a free port
+    nodes = ["10.0.0.1:7400"]         # ShardStore addresses of the storage nodes
+    master_key_file = "/etc/orbitvault/master.key"   # 32 random bytes as hex (`gateway keygen`)
+    master_key_passphrase = "..."     # or a passphrase through Argon2id (better given by environment)
+    master_key_salt = "..."           # with a passphrase: at least 16 bytes, fixed for the gateway's life
+    node_grace_s = 3600.0             # a node not seen for this long is gone; its shards are rebuilt
+    repair_interval_s = 60.0          # pause between repair sweeps (the server's loop)
+    checkpoint_every = 1000           # catalog changes between checkpoints into orbit
+    checkpoint_interval_s = 900.0     # ... or this long, whichever comes first
+    pending_ttl_s = 3600.0            # an unfinished upload older than this is garbage
+    max_put_concurrency = 4           # puts processed at once (each holds at most ~2 stripes)
+    io_threads = 32                   # threads for concurrent node I/O
+    node_refresh_s = 10.0             # how stale node status may get before it is asked again
+    metrics_port = 0                  # Prometheus HTTP port; 0 = off
+    fragment_size = "64KiB"           # default storage class: fragment size
+    stripe_size = 0                   # default stripe size; 0 = largest multiple of the row <= 16 MiB
+    segment_size = "1MiB"             # encryption segment (smaller only for tests and tiny stripes)
+
+Environment: ORBITVAULT_GATEWAY_<KEY> (upper case; nodes comma-separated). Unknown keys are errors,
+so a typo never silently falls back to a default; every error names the key and its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from orbitvault.errors import InvalidArgument
+from orbitvault.storage.config import parse_address, parse_size
+
+ENV_PREFIX = "ORBITVAULT_GATEWAY_"
+DEFAULT_LISTEN = "127.0.0.1:7300"
+KiB = 1024
+MiB = 1024 * KiB
+MAX_GATEWAY_STRIPE = 16 * MiB  # design note §3: bounded memory, a put holds at most 2 stripes
+DEFAULT_SEGMENT = 1 * MiB
+MIN_SEGMENT = 256
+
+
+def default_state_dir() -> Path:
+    return platformdirs.user_data_path("orbitvault", appauthor=False) / "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the gateway needs; build with `load_gateway_config` (or directly in tests)."""
+
+    state_dir: Path
+    listen: str = DEFAULT_LISTEN
+    nodes: tuple[str, ...] = ()
+    master_key_file: Path | None = None
+    master_key_passphrase: str | None = dataclasses.field(default=None, repr=False)
+    master_key_salt: str | None = None
+    node_grace_s: float = 3600.0
+    repair_interval_s: float = 60.0
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 900.0
+    pending_ttl_s: float = 3600.0
+    max_put_concurrency: int = 4
+    io_threads: int = 32
+    node_refresh_s: float = 10.0
+    metrics_port: int = 0
+    fragment_size: int = 64 * KiB
+    stripe_size: int = 0
+    segment_size: int = DEFAULT_SEGMENT
+
+    def __post_init__(self) -> None:
+        if not MIN_SEGMENT <= self.segment_size <= 16 * MiB:
+            raise InvalidArgument(f"segment_size must be {MIN_SEGMENT}..{16 * MiB} bytes, got {self.segment_size}")
+        if self.stripe_size and self.stripe_size > MAX_GATEWAY_STRIPE:
+            raise InvalidArgument(f"stripe_size must be at most {MAX_GATEWAY_STRIPE} bytes, got {self.stripe_size}")
+        if self.master_key_passphrase is not None and (
+            self.master_key_salt is None or len(self.master_key_salt.encode()) < 16
+        ):
+            raise InvalidArgument(
+                "master_key_passphrase needs master_key_salt of at least 16 bytes "
+                f"(set it in the config or {ENV_PREFIX}MASTER_KEY_SALT; keep it fixed)"
+            )
+        if self.master_key_file is not None and self.master_key_passphrase is not None:
+            raise InvalidArgument("give either master_key_file or master_key_passphrase, not both")
+
+
+_KEYS = {f.name for f in dataclasses.fields(GatewayConfig)}
+
+
+def load_gateway_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """File, then environment (`env`, default os.environ), then `overrides` (flags; None = not given)."""
+    raw: dict[str, tuple[Any, str]] = {}
+    if path is not None:
+        _read_file(Path(path), raw)
+    for var, value in (os.environ if env is None else env).items():
+        if var.startswith(ENV_PREFIX):
+            key = var[len(ENV_PREFIX) :].lower()
+            _check_key(key, f"environment variable {var}")
+            raw[key] = (value, f"environment variable {var}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _check_key(key, "flags")
+            raw[key] = (value, f"flag --{key.replace('_', '-')}")
+    return _build(raw)
+
+
+def _check_key(key: str, source: str) -> None:
+    if key not in _KEYS:
+        raise InvalidArgument(f"unknown gateway setting {key!r} in {source}; known: {', '.join(sorted(_KEYS))}")
+
+
+def _read_file(path: Path, raw: dict[str, tuple[Any, str]]) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read gateway config {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"gateway config {path} is not valid TOML: {exc}") from None
+    for key, value in data.items():
+        _check_key(key, str(path))
+        raw[key] = (value, str(path))
+
+
+def _build(raw: dict[str, tuple[Any, str]]) -> GatewayConfig:
+    def get(key: str, conv: Any, default: Any) -> Any:
+        if key not in raw:
+            return default
+        value, source = raw[key]
+        return conv(value, f"{key} (from {source})")
+
+    return GatewayConfig(
+        state_dir=get("state_dir", _path, None) or default_state_dir(),
+        listen=get("listen", lambda v, w: parse_address(v, w, allow_port_zero=True), DEFAULT_LISTEN),
+        nodes=get("nodes", _addresses, ()),
+        master_key_file=get("master_key_file", _path, None),
+        master_key_passphrase=get("master_key_passphrase", _secret, None),
+        master_key_salt=get("master_key_salt", _salt, None),
+        node_grace_s=get("node_grace_s", _positive, 3600.0),
+        repair_interval_s=get("repair_interval_s", _positive, 60.0),
+        checkpoint_every=get("checkpoint_every", _int_range(1, 10**9), 1000),
+        checkpoint_interval_s=get("checkpoint_interval_s", _positive, 900.0),
+        pending_ttl_s=get("pending_ttl_s", _positive, 3600.0),
+        max_put_concurrency=get("max_put_concurrency", _int_range(1, 256), 4),
+        io_threads=get("io_threads", _int_range(2, 1024), 32),
+        node_refresh_s=get("node_refresh_s", _positive, 10.0),
+        metrics_port=get("metrics_port", _int_range(0, 65535), 0),
+        fragment_size=get("fragment_size", parse_size, 64 * KiB),
+        stripe_size=get("stripe_size", _size_or_zero, 0),
+        segment_size=get("segment_size", parse_size, DEFAULT_SEGMENT),
+    )
+
+
+def _path(value: Any, what: str) -> Path:
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise InvalidArgument(f"{what} must be a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _secret(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string")
+    return value
+
+
+def _salt(value: Any, what: str) -> str:
+    text = _secret(value, what)
+    if len(text.encode()) < 16:
+        raise InvalidArgument(f"{what} must be at least 16 bytes")
+    return text
+
+
+def _addresses(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [p for p in (s.strip() for s in value.split(",")) if p]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise InvalidArgument(f'{what} must be a list of "host:port" addresses, got {value!r}')
+    out = tuple(parse_address(p, f"{what} entry", allow_port_zero=False) for p in items)
+    if len(set(out)) != len(out):
+        raise InvalidArgument(f"{what} lists a node address twice")
+    return out
+
+
+def _positive(value: Any, what: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        n = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(n) or n <= 0:
+        raise InvalidArgument(f"{what} must be greater than 0, got {value!r}")
+    return n
+
+
+def _int_range(lo: int, hi: int) -> Any:
+    def conv(value: Any, what: str) -> int:
+        try:
+            if isinstance(value, bool | float):
+                raise ValueError
+            n = int(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{what} must be an integer, got {value!r}") from None
+        if not lo <= n <= hi:
+            raise InvalidArgument(f"{what} must be {lo}..{hi}, got {n}")
+        return n
+
+    return conv
+
+
+def _size_or_zero(value: Any, what: str) -> int:
+    if value in (0, "0"):
+        return 0
+    return parse_size(value, what)
