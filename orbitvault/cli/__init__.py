@@ -11,6 +11,7 @@ import click
 
 from orbitvault import __version__
 from orbitvault.cli.demo import demo
+from orbitvault.cli.gateway import gateway
 from orbitvault.cli.node import node
 from orbitvault.cli.orbit import orbit
 
@@ -22,6 +23,7 @@ def cli() -> None:
 
 
 cli.add_command(demo)
+cli.add_command(gateway)
 cli.add_command(node)
 cli.add_command(orbit)
 

@@ -272,3 +272,210 @@ def spawn_node() -> Iterator[_Spawner]:
         yield spawner
     finally:
         spawner.close()
+
+
+# --- gateway: a constellation of in-process nodes, a gateway, SDK clients ---------------------------
+#
+# Small geometry so objects of several stripes stay tiny: 4+2, 4 KiB fragments, 64 KiB stripes and
+# 4 KiB encryption segments (15 segments = 61440 plaintext bytes per stripe).
+GW_FRAGMENT = 4096
+GW_STRIPE = 65536
+GW_SEGMENT = 4096
+GW_PLAIN_PER_STRIPE = (GW_STRIPE // (GW_SEGMENT + 16)) * GW_SEGMENT
+
+
+@dataclass
+class Constellation:
+    """`n` in-process nodes on planes 0..2, a master key file and gateway settings to go with them."""
+
+    tmp: Path
+    nodes: list[NodeClient]
+    master_key_file: Path
+    _start_node: _Nodes
+    gateways: list[Any] = field(default_factory=list)
+    clients: list[Any] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(n.address for n in self.nodes)
+
+    def config(self, **settings: Any) -> Any:
+        from orbitvault.ground.config import GatewayConfig
+
+        values: dict[str, Any] = {
+            "state_dir": self.tmp / "gateway",
+            "listen": "127.0.0.1:0",
+            "nodes": self.addresses,
+            "master_key_file": self.master_key_file,
+            "fragment_size": GW_FRAGMENT,
+            "stripe_size": GW_STRIPE,
+            "segment_size": GW_SEGMENT,
+            "repair_interval_s": 3600.0,
+            "io_threads": 16,
+        }
+        values.update(settings)
+        return GatewayConfig(**values)
+
+    def toml(self, path: Path | None = None, **settings: Any) -> Path:
+        """The same settings as a gateway.toml (for the CLI)."""
+        cfg = self.config(**settings)
+        path = path or self.tmp / "gateway.toml"
+        lines = [
+            f'state_dir = "{cfg.state_dir}"',
+            f'listen = "{cfg.listen}"',
+            "nodes = [" + ", ".join(f'"{a}"' for a in cfg.nodes) + "]",
+            f'master_key_file = "{cfg.master_key_file}"',
+            f"fragment_size = {cfg.fragment_size}",
+            f"stripe_size = {cfg.stripe_size}",
+            f"segment_size = {cfg.segment_size}",
+            f"repair_interval_s = {cfg.repair_interval_s}",
+            f"pending_ttl_s = {cfg.pending_ttl_s}",
+            f"io_threads = {cfg.io_threads}",
+        ]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start_gateway(self, *, maintenance: bool = False, **settings: Any) -> Any:
+        """An in-process gateway server (GatewayServer); stopped at teardown."""
+        from orbitvault.grpc.gateway_server import serve as serve_gateway
+
+        server = serve_gateway(self.config(**settings), maintenance=maintenance, shutdown_grace_s=5)
+        self.gateways.append(server)
+        return server
+
+    def client(self, address: str, token: str, **kwargs: Any) -> Any:
+        from orbitvault.client.sdk import ObjectStoreClient
+
+        kwargs.setdefault("retries", 1)
+        kwargs.setdefault("backoff_s", 0.05)
+        c = ObjectStoreClient(address, token, **kwargs)
+        self.clients.append(c)
+        return c
+
+    def stop_node(self, i: int) -> None:
+        self.nodes[i].channel.close()
+        self.nodes[i].server.stop(0)
+
+    def restart_node(self, i: int) -> NodeClient:
+        """Start node i again on its old port and data dir."""
+        old = self.nodes[i]
+        port = old.address.rpartition(":")[2]
+        self.nodes[i] = self._start_node(
+            old.data_dir, listen=f"127.0.0.1:{port}", simulation=True, plane=str(i % 3), name=f"sat-{i}"
+        )
+        return self.nodes[i]
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        for g in self.gateways:
+            g.stop(0)
+
+
+@pytest.fixture
+def constellation(start_node: _Nodes, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Constellation]:
+    """Six in-process nodes (override with @pytest.mark.parametrize("constellation", [7], indirect=True))."""
+    from orbitvault.ground.crypto import MasterKey
+
+    n = getattr(request, "param", 6)
+    nodes = [start_node(simulation=True, plane=str(i % 3), name=f"sat-{i}") for i in range(n)]
+    key_file = tmp_path / "master.key"
+    MasterKey.generate().write_file(key_file)
+    c = Constellation(tmp_path, nodes, key_file, start_node)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@dataclass
+class GatewayUnderTest:
+    """A running in-process gateway with tenant `acme` and a full-access client."""
+
+    sky: Constellation
+    server: Any
+    token: str
+    client: Any
+
+    @property
+    def gateway(self) -> Any:
+        return self.server.gateway
+
+    def new_client(self, tenant: str = "acme", mode: str = "full", **kwargs: Any) -> Any:
+        from orbitvault.ground.model import KeyMode
+
+        if tenant not in {t.name for t in self.gateway.catalog.tenants()}:
+            self.gateway.create_tenant(tenant)
+        token = self.gateway.create_api_key(tenant, KeyMode(mode)).token
+        return self.sky.client(self.server.address, token, **kwargs)
+
+
+@pytest.fixture
+def gw(constellation: Constellation) -> GatewayUnderTest:
+    server = constellation.start_gateway()
+    server.gateway.create_tenant("acme")
+    token = server.gateway.create_api_key("acme").token
+    return GatewayUnderTest(constellation, server, token, constellation.client(server.address, token))
+
+
+_GW_LISTENING = re.compile(r"^listening on (\S+)$")
+
+
+@dataclass
+class GatewayProcess:
+    """`orbitvault gateway serve` running as a child process."""
+
+    proc: subprocess.Popen[str]
+    address: str
+    log_path: Path
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass
+class _GatewaySpawner:
+    started: list[GatewayProcess] = field(default_factory=list)
+
+    def __call__(self, config_path: Path, *args: str) -> GatewayProcess:
+        cmd = [sys.executable, "-m", "orbitvault", "gateway", "serve", "--config", str(config_path), *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORBITVAULT_GATEWAY_")}
+        log_path = config_path.parent / f"gateway.{len(self.started)}.log"
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = _GW_LISTENING.match(line.strip())
+        if m is None:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"gateway did not start (exit {proc.returncode}):\n{log_path.read_text()}")
+        gp = GatewayProcess(proc, m.group(1), log_path)
+        self.started.append(gp)
+        return gp
+
+    def close(self) -> None:
+        for g in self.started:
+            if g.proc.poll() is None:
+                g.proc.kill()
+                g.proc.wait(10)
+            if g.proc.stdout is not None:
+                g.proc.stdout.close()
+
+
+@pytest.fixture
+def spawn_gateway() -> Iterator[_GatewaySpawner]:
+    """spawn_gateway(config_toml, *extra flags) -> GatewayProcess, once it prints its address."""
+    spawner = _GatewaySpawner()
+    try:
+        yield spawner
+    finally:
+        spawner.close()

@@ -129,9 +129,11 @@ class ObjectStoreServicer:
         """Store an object. Client stream: `start` first, then `data` chunks in order. Direct mode
         returns once at least k+1 shards of every stripe are committed on distinct nodes (state
         PARTIAL or DURABLE); scheduled mode returns once the shards are durably spooled on the
-        ground (state QUEUED). Errors: NOT_FOUND (bucket), INVALID_ARGUMENT (bounds, size or
-        content_blake3 mismatch), UNAVAILABLE (too few nodes reachable for direct mode; retry or
-        use scheduled mode), RESOURCE_EXHAUSTED (quota, full constellation or spool).
+        ground (state QUEUED). An existing version of the key is replaced. Errors: NOT_FOUND
+        (bucket), INVALID_ARGUMENT (bounds, size or content_blake3 mismatch), UNAVAILABLE (too few
+        nodes reachable for direct mode; retry or use scheduled mode), RESOURCE_EXHAUSTED (quota,
+        full constellation or spool), FAILED_PRECONDITION (the current version is locked),
+        PERMISSION_DENIED (an append-only key replacing an object).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,9 +165,10 @@ class ObjectStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteObject(self, request, context):
-        """Delete one version (the current one by default; the previous version, if any, becomes
-        current). Errors: NOT_FOUND, FAILED_PRECONDITION (legal hold, COMPLIANCE retention, or
-        GOVERNANCE retention without bypass_governance), PERMISSION_DENIED (bypass not allowed).
+        """Delete an object (its one current version; with version_id, only if that is still the
+        current one). No older version takes its place: the key is gone. Errors: NOT_FOUND,
+        FAILED_PRECONDITION (legal hold, COMPLIANCE retention, or GOVERNANCE retention without
+        bypass_governance), PERMISSION_DENIED (bypass or delete not allowed for the key's mode).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
