@@ -22,10 +22,13 @@ from rich.table import Table
 
 from orbitvault.errors import InvalidArgument, OrbitVaultError
 from orbitvault.orbit.config import load_constellation
+from orbitvault.orbit.links import Network
 from orbitvault.orbit.model import Constellation
 from orbitvault.orbit.passes import Pass, predict_all, predict_passes
 from orbitvault.orbit.plan import ContactPlan, read_plan, write_plan
-from orbitvault.orbit.timeline import render_timeline
+from orbitvault.orbit.rpo import DEFAULT_STRIPE_BYTES, Prediction, predict_backlog, predict_restore
+from orbitvault.orbit.scheduler import StripeBulk, plan_uplink
+from orbitvault.orbit.timeline import Transfer, render_timeline
 from orbitvault.orbit.timeutil import (
     DAY,
     Timestamp,
@@ -35,6 +38,7 @@ from orbitvault.orbit.timeutil import (
     parse_time,
     to_datetime,
 )
+from orbitvault.storage.config import parse_size
 
 
 @contextmanager
@@ -210,6 +214,18 @@ def passes(
     "--ion", "ion_path", type=click.Path(dir_okay=False, path_type=Path), help="Write ION contact plan lines."
 )
 @click.option("--hdtn", "hdtn_path", type=click.Path(dir_okay=False, path_type=Path), help="Write an HDTN JSON plan.")
+@click.option(
+    "--backlog",
+    help="Predict when this much object data queued now is DURABLE (all k+m shards in orbit), e.g. 10GiB. "
+    "With --svg, the planned transfers are drawn in.",
+)
+@click.option("--restore", "restore_size", help="Predict when a restore of this much object data is down, e.g. 1TiB.")
+@click.option(
+    "--storage-class",
+    "storage_class",
+    help="k+m for --backlog/--restore, e.g. 4+2. Default: the gateway's (4+2 below 14 satellites, else 10+4).",
+)
+@click.option("--shard-size", help="Shard size for --backlog/--restore. Default: a 16 MiB stripe / k.")
 def plan(
     config_path: Path | None,
     start: str,
@@ -222,8 +238,16 @@ def plan(
     epoch: str | None,
     ion_path: Path | None,
     hdtn_path: Path | None,
+    backlog: str | None,
+    restore_size: str | None,
+    storage_class: str | None,
+    shard_size: str | None,
 ) -> None:
-    """Contact plan for a span: uplinks, downlinks and ISL windows with rates and light time."""
+    """Contact plan for a span: uplinks, downlinks and ISL windows with rates and light time.
+
+    With --backlog/--restore, also the predicted RPO/RTO next to the lower bound that the windows'
+    total capacity gives (no schedule can beat it).
+    """
     with _errors():
         stations: set[str] = set()
         elapsed = 0.0
@@ -249,11 +273,39 @@ def plan(
             write_plan(cp, ion_path, "ion")
         if hdtn_path:
             write_plan(cp, hdtn_path, "hdtn")
+        predictions: list[tuple[str, int, Prediction]] = []
+        drawn: list[Transfer] = []
+        if backlog or restore_size:
+            net_con = con if con is not None else load_constellation(config_path)
+            net = Network.from_constellation(net_con)
+            k, m = _storage_class(storage_class, len(net_con.satellites))
+            shard = parse_size(shard_size, "--shard-size") if shard_size else None
+            if backlog:
+                size = parse_size(backlog, "--backlog")
+                predictions.append(
+                    ("backlog", size, predict_backlog(cp, net, size, k=k, m=m, now=t0, shard_size=shard))
+                )
+                if svg_path:
+                    per = shard or -(-DEFAULT_STRIPE_BYTES // k)
+                    stripes = -(-size // (k * per))
+                    sched = plan_uplink(cp, net, bulk=[StripeBulk("backlog", stripes, k, m, per)], now=t0)
+                    drawn = sched.for_timeline()
+            if restore_size:
+                size = parse_size(restore_size, "--restore")
+                predictions.append(
+                    ("restore", size, predict_restore(cp, net, size, k=k, m=m, now=t0, shard_size=shard))
+                )
+        else:
+            k = m = 0
         if svg_path:
-            svg = render_timeline(cp, stations=stations, start=t0, end=t1, title=f"{name}: contact plan")
+            title = f"{name}: contact plan" + (f", backlog {backlog} ({k}+{m})" if drawn else "")
+            svg = render_timeline(cp, stations=stations, transfers=drawn, start=t0, end=t1, title=title)
             _write_text(svg_path, svg)
         if as_json:
-            click.echo(json.dumps(cp.to_dict(), indent=2))
+            doc = cp.to_dict()
+            if predictions:
+                doc["predictions"] = [_prediction_dict(kind, size, k, m, p) for kind, size, p in predictions]
+            click.echo(json.dumps(doc, indent=2))
             return
         console = _console()
         table = _table(
@@ -285,6 +337,58 @@ def plan(
             console.print(f"{kind}: {int(count)} contacts, {_size(capacity)} capacity")
         if input_path is None:
             console.print(f"planned in {elapsed:.2f} s")
+        if predictions:
+            console.print(_prediction_table(predictions, k, m, t1))
+
+
+def _storage_class(text: str | None, satellites: int) -> tuple[int, int]:
+    if not text:
+        return (10, 4) if satellites >= 14 else (4, 2)  # the gateway's default storage class
+    try:
+        k, m = (int(x) for x in text.split("+"))
+    except ValueError:
+        raise InvalidArgument(f"--storage-class {text!r}: write it as k+m, e.g. 4+2") from None
+    if k < 1 or m < 0:
+        raise InvalidArgument(f"--storage-class {text!r}: k must be >= 1 and m >= 0")
+    return k, m
+
+
+def _when(t: Timestamp | None, now: Timestamp) -> str:
+    return "-" if t is None else f"{format_time(t)} (+{format_duration(t - now)})"
+
+
+def _prediction_table(predictions: list[tuple[str, int, Prediction]], k: int, m: int, end: Timestamp) -> Table:
+    table = _table(
+        f"RPO/RTO from {format_time(predictions[0][2].now)} ({k}+{m}; bound: the windows' capacity alone)",
+        ["Prediction", "Objects", "Over the links", "Predicted", "Capacity bound", "Ratio"],
+        right=("Objects", "Over the links", "Ratio"),
+    )
+    for kind, size, p in predictions:
+        what = "backlog DURABLE" if kind == "backlog" else "restore complete"
+        done = _when(p.done_at, p.now) if p.done_at is not None else f"not by {format_time(end)}: longer --duration"
+        ratio = "-" if p.ratio is None else f"{p.ratio:.3f}"
+        table.add_row(what, _size(size), _size(p.nbytes), done, _when(p.bound_at, p.now), ratio)
+    return table
+
+
+def _prediction_dict(kind: str, size: int, k: int, m: int, p: Prediction) -> dict[str, Any]:
+    def iso(t: Timestamp | None) -> str | None:
+        return None if t is None else format_time(t)
+
+    return {
+        "kind": kind,
+        "object_bytes": size,
+        "storage_class": f"{k}+{m}",
+        "stripes": p.stripes,
+        "link_bytes": p.nbytes,
+        "from": format_time(p.now),
+        "done": iso(p.done_at),
+        "done_unix": p.done_at,
+        "capacity_bound": iso(p.bound_at),
+        "capacity_bound_unix": p.bound_at,
+        "ratio": p.ratio,
+        "planning_seconds": round(p.planning_seconds, 4),
+    }
 
 
 def _pass_dict(p: Pass) -> dict[str, Any]:

@@ -133,13 +133,15 @@ def render_timeline(
                 f"<title>{escape(tip)}</title></rect>"
             )
 
-    legend_x = width - pad - 330
-    for i, (colour, text) in enumerate(
-        ((GROUND_COLOUR, "ground pass"), (ISL_COLOUR, "inter-satellite link"), (TRANSFER_COLOUR, "transfer"))
-    ):
-        lx = legend_x + i * 110
-        out.append(f'<rect x="{lx}" y="{top - 16}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{lx + 14}" y="{top - 7}">{text}</text>')
+    legend = [(GROUND_COLOUR, "ground pass"), (ISL_COLOUR, "inter-satellite link")]
+    if transfers:
+        legend.append((TRANSFER_COLOUR, "transfer"))
+    widths = [14 + 6.5 * len(text) + 16 for _c, text in legend]  # swatch, text at ~6.5 px a letter, gap
+    lx = width - pad - sum(widths)
+    for (colour, text), w in zip(legend, widths, strict=True):
+        out.append(f'<rect x="{lx:.0f}" y="{top - 16}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14:.0f}" y="{top - 7}">{text}</text>')
+        lx += w
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
