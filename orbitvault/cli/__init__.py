@@ -14,6 +14,7 @@ from orbitvault.cli.demo import demo
 from orbitvault.cli.gateway import gateway
 from orbitvault.cli.node import node
 from orbitvault.cli.orbit import orbit
+from orbitvault.cli.pki import pki
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,7 @@ cli.add_command(demo)
 cli.add_command(gateway)
 cli.add_command(node)
 cli.add_command(orbit)
+cli.add_command(pki)
 
 
 def main() -> None:

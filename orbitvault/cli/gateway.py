@@ -13,6 +13,9 @@ the explanation on stderr.
 
 from __future__ import annotations
 
+import getpass
+import json
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +58,30 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """mTLS files (or plaintext with --insecure) for commands that open network connections."""
+    options = [
+        click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), help="CA certificate (mTLS)."),
+        click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="Our certificate."),
+        click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="Our private key."),
+        click.option(
+            "--insecure", is_flag=True, default=None, help="Plaintext gRPC without TLS: local development only."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _actor() -> str:
+    """Who runs an admin command, for the audit log: cli:user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
 def _load(config_path: Path | None, **overrides: Any) -> Any:
     from orbitvault.ground.config import load_gateway_config
 
@@ -69,7 +96,9 @@ def _open_gateway(config: Any, *, need_nodes: bool = False) -> Iterator[Any]:
     from orbitvault.grpc.gateway_server import build_directory, load_master_key
 
     key = load_master_key(config)
-    directory = build_directory(config) if (need_nodes or config.nodes) else NodeDirectory()
+    # Admin commands work on the catalog alone; only those that need the nodes open links (and so
+    # need the gateway's TLS files or insecure).
+    directory = build_directory(config) if need_nodes else NodeDirectory()
     try:
         gw = Gateway(config, directory, key)
         try:
@@ -90,6 +119,7 @@ def gateway() -> None:
 
 @gateway.command()
 @_config_options
+@_tls_options
 @click.option("--listen", help='gRPC address "host:port"; port 0 picks a free one.  [default: 127.0.0.1:7300]')
 @click.option("--metrics-port", type=int, help="Prometheus HTTP port (0 = off).")
 @click.option(
@@ -110,12 +140,19 @@ def serve(
     state_dir: Path | None,
     master_key_file: Path | None,
     nodes: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool | None,
     listen: str | None,
     metrics_port: int | None,
     shutdown_grace: float,
     log_level: str,
 ) -> None:
     """Serve the ObjectStore and gRPC health services until SIGTERM or Ctrl-C.
+
+    Mutual TLS with tls_ca/tls_cert/tls_key (`orbitvault pki issue gateway NAME`), both towards
+    clients (client certificates plus an API key) and towards the nodes; plaintext needs --insecure.
 
     Prints "listening on HOST:PORT" once the port is bound; logs (key=value) go to stderr.
     Repair, garbage collection and catalog checkpoints run in the background.
@@ -128,6 +165,10 @@ def serve(
             nodes=nodes,
             listen=listen,
             metrics_port=metrics_port,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            insecure=insecure,
         )
         from orbitvault.grpc.gateway_server import configure_logging, run
 
@@ -176,7 +217,7 @@ def tenant_create(
     with _errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
-            gw.create_tenant(name)
+            gw.create_tenant(name, actor=_actor())
     click.echo(f"tenant {name} created")
 
 
@@ -209,7 +250,7 @@ def key_create(
     with _errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
-            api_key = gw.create_api_key(tenant_name, KeyMode(mode))
+            api_key = gw.create_api_key(tenant_name, KeyMode(mode), actor=_actor())
     click.echo(f"created {api_key.mode} key {api_key.key_id} for tenant {api_key.tenant}", err=True)
     click.echo(api_key.token)
     click.echo("store this token now: it is not shown again (send it as x-orbitvault-api-key)", err=True)
@@ -217,16 +258,105 @@ def key_create(
 
 @key.command("delete")
 @click.argument("key_id")
+@click.option("--mfa", "mfa_code", help="A current TOTP code (needed when the key's tenant has MFA).")
 @_config_options
 def key_delete(
-    key_id: str, config_path: Path | None, state_dir: Path | None, master_key_file: Path | None, nodes: str | None
+    key_id: str,
+    mfa_code: str | None,
+    config_path: Path | None,
+    state_dir: Path | None,
+    master_key_file: Path | None,
+    nodes: str | None,
 ) -> None:
     """Revoke the API key KEY_ID (the 16 hex digits after `ovk_`)."""
     with _errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
-            gw.delete_api_key(key_id)
+            gw.delete_api_key(key_id, actor=_actor(), mfa=mfa_code)
     click.echo(f"key {key_id} deleted")
+
+
+# --- MFA --------------------------------------------------------------------------------------------------
+
+
+@gateway.group()
+def mfa() -> None:
+    """TOTP second factor for a tenant's destructive calls (like S3 MFA Delete)."""
+
+
+@mfa.command("enable")
+@click.argument("tenant_name", metavar="TENANT")
+@click.option(
+    "--exempt",
+    multiple=True,
+    help="Object key glob that needs no code (repeatable), e.g. 'locks/*' for a backup repository's locks.",
+)
+@_config_options
+def mfa_enable(
+    tenant_name: str,
+    exempt: tuple[str, ...],
+    config_path: Path | None,
+    state_dir: Path | None,
+    master_key_file: Path | None,
+    nodes: str | None,
+) -> None:
+    """Enable MFA for TENANT and print the otpauth:// URI (and the secret) for an authenticator app.
+
+    From now on deleting objects or buckets, overwriting objects, shortening retention, lifting a
+    legal hold and deleting the tenant's API keys need a current 6-digit code. The secret is shown
+    only now; it is stored wrapped by the master key.
+    """
+    with _errors():
+        config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
+        with _open_gateway(config) as gw:
+            enrolment = gw.mfa_enable(tenant_name, exempt=exempt, actor=_actor())
+    click.echo(enrolment.uri)
+    click.echo(f"secret (base32): {enrolment.secret_b32}", err=True)
+    click.echo(
+        "add it to an authenticator app now (scan the URI as a QR code or type the secret): it is not shown again",
+        err=True,
+    )
+
+
+@mfa.command("disable")
+@click.argument("tenant_name", metavar="TENANT")
+@click.option("--code", required=True, help="A current code from the tenant's authenticator.")
+@_config_options
+def mfa_disable(
+    tenant_name: str,
+    code: str,
+    config_path: Path | None,
+    state_dir: Path | None,
+    master_key_file: Path | None,
+    nodes: str | None,
+) -> None:
+    """Disable MFA for TENANT (needs a current code)."""
+    with _errors():
+        config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
+        with _open_gateway(config) as gw:
+            gw.mfa_disable(tenant_name, code, actor=_actor())
+    click.echo(f"MFA disabled for tenant {tenant_name}")
+
+
+@mfa.command("status")
+@click.argument("tenant_name", metavar="TENANT")
+@_config_options
+def mfa_status(
+    tenant_name: str, config_path: Path | None, state_dir: Path | None, master_key_file: Path | None, nodes: str | None
+) -> None:
+    """Whether TENANT has MFA, since when, and its exempt patterns."""
+    import datetime as dt
+
+    with _errors():
+        config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
+        with _open_gateway(config) as gw:
+            rec = gw.mfa_status(tenant_name)
+    if rec is None:
+        click.echo(f"tenant {tenant_name}: MFA off")
+        return
+    since = dt.datetime.fromtimestamp(rec.enabled_unix_ms / 1000, dt.UTC)
+    exempt = ", ".join(rec.exempt) or "none"
+    click.echo(f"tenant {tenant_name}: MFA on since {since:%Y-%m-%d %H:%M} UTC; exempt: {exempt}")
 
 
 # --- rebuild ----------------------------------------------------------------------------------------------
@@ -234,7 +364,17 @@ def key_delete(
 
 @gateway.command()
 @_config_options
-def rebuild(config_path: Path | None, state_dir: Path | None, master_key_file: Path | None, nodes: str | None) -> None:
+@_tls_options
+def rebuild(
+    config_path: Path | None,
+    state_dir: Path | None,
+    master_key_file: Path | None,
+    nodes: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool | None,
+) -> None:
     """Recover the catalog from the storage nodes alone into an empty state directory.
 
     Lists every shard on every node (their headers carry encrypted catalog records), reads the
@@ -246,7 +386,16 @@ def rebuild(config_path: Path | None, state_dir: Path | None, master_key_file: P
     from orbitvault.grpc.gateway_server import build_directory, load_master_key
 
     with _errors():
-        config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
+        config = _load(
+            config_path,
+            state_dir=state_dir,
+            master_key_file=master_key_file,
+            nodes=nodes,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            insecure=insecure,
+        )
         master = load_master_key(config)
         directory = build_directory(config)
         try:
@@ -278,16 +427,44 @@ def rebuild(config_path: Path | None, state_dir: Path | None, master_key_file: P
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=_CONFIG_HELP)
 @click.option("--api-key", envvar="ORBITVAULT_API_KEY", help="An API token (or ORBITVAULT_API_KEY).")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer.")
-def status(address: str | None, config_path: Path | None, api_key: str | None, timeout: float) -> None:
-    """Ask a running gateway for its nodes and repair backlog."""
+@_tls_options
+def status(
+    address: str | None,
+    config_path: Path | None,
+    api_key: str | None,
+    timeout: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool | None,
+) -> None:
+    """Ask a running gateway for its nodes and repair backlog.
+
+    TLS: --tls-* (a client certificate), else the gateway's own files from --config; --insecure
+    for a plaintext gateway.
+    """
     with _errors():
-        if address is None:
-            address = _load(config_path).listen
+        config = None
+        if address is None or (config_path is not None and tls_ca is None and not insecure):
+            config = _load(config_path)
+            address = address or config.listen
         if not api_key:
             raise click.ClickException("an API key is needed: --api-key or ORBITVAULT_API_KEY")
         from orbitvault.client.sdk import ObjectStoreClient
+        from orbitvault.grpc.tls import TlsFiles
 
-        with ObjectStoreClient(address, api_key, timeout_s=timeout, retries=1) as client:
+        tls = None
+        if tls_ca is not None or tls_cert is not None or tls_key is not None:
+            if tls_ca is None or tls_cert is None or tls_key is None:
+                raise click.ClickException("--tls-ca, --tls-cert and --tls-key go together")
+            tls = TlsFiles(tls_ca, tls_cert, tls_key)
+        elif config is not None and config.tls_ca is not None and not insecure:
+            tls = TlsFiles(config.tls_ca, config.tls_cert, config.tls_key)
+        elif config is not None and config.insecure and insecure is None:
+            insecure = True
+        with ObjectStoreClient(
+            address, api_key, timeout_s=timeout, retries=1, tls=tls, insecure=bool(insecure)
+        ) as client:
             st = client.gateway_status()
     click.echo(f"gateway {address} version {st.version}")
     up = sum(1 for n in st.nodes if n.reachability == "in_contact")
@@ -301,3 +478,68 @@ def status(address: str | None, config_path: Path | None, api_key: str | None, t
         f"repair backlog: {r.shards_missing} shard(s) missing, {r.rows_damaged} row(s) damaged, "
         f"{r.bytes_pending} byte(s) pending, {r.stripes_at_risk} stripe(s) at risk"
     )
+
+
+# --- audit ---------------------------------------------------------------------------------------------
+
+
+@gateway.group()
+def audit() -> None:
+    """The gateway's hash-chained audit log."""
+
+
+@audit.command("verify")
+@_config_options
+def audit_verify(
+    config_path: Path | None, state_dir: Path | None, master_key_file: Path | None, nodes: str | None
+) -> None:
+    """Check the audit log's hash chain; name the first modified, deleted or reordered entry.
+
+    Needs the master key (entries are keyed with a key derived from it). Exits 1 when the log
+    fails verification, naming the first bad line.
+    """
+    from orbitvault.ground import audit as audit_mod
+    from orbitvault.ground.catalog import Catalog
+    from orbitvault.grpc.gateway_server import load_master_key
+
+    with _errors():
+        config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
+        key = load_master_key(config)
+        catalog = Catalog(config.state_dir)
+        try:
+            catalog.bind_master(key.fingerprint())  # a wrong master key would call every line modified
+            head = audit_mod.read_head(catalog)
+        finally:
+            catalog.close()
+        report = audit_mod.verify(config.audit_path, key.derive("audit"), head=head)
+    if not report.ok:
+        raise click.ClickException(
+            f"audit log {config.audit_path} FAILS verification at line {report.first_bad_line}: {report.problem} "
+            f"({report.entries} entries before it verified)"
+        )
+    click.echo(f"audit log {config.audit_path}: {report.entries} entries, hash chain intact")
+    if report.note:
+        click.echo(f"note: {report.note}", err=True)
+
+
+@audit.command("show")
+@_config_options
+@click.option("--last", type=int, default=20, show_default=True, help="How many of the newest entries.")
+def audit_show(
+    config_path: Path | None, state_dir: Path | None, master_key_file: Path | None, nodes: str | None, last: int
+) -> None:
+    """Print the newest entries (JSON lines; verify first if it matters)."""
+    from collections import deque
+
+    from orbitvault.ground import audit as audit_mod
+
+    with _errors():
+        config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
+        if not config.audit_path.exists():
+            raise click.ClickException(f"no audit log at {config.audit_path} yet")
+        tail = deque((raw for _, raw, _ in audit_mod.entries(config.audit_path)), maxlen=max(last, 0))
+    for raw in tail:
+        try:
+            click.echo(json.dumps(json.loads(raw), ensure_ascii=False))
+        except ValueError:
+            click.echo(raw.decode("utf-8", "replace"))

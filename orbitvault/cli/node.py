@@ -47,6 +47,15 @@ def node() -> None:
     default=None,
     help="Mark a new store as a test/simulation store (fault injection allowed).",
 )
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), help="CA certificate (mTLS).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="This node's certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="This node's private key.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Serve plaintext gRPC without any authentication: local development only.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -59,16 +68,31 @@ def serve(
     data_dir: Path | None,
     capacity: str | None,
     simulation: bool | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool | None,
     log_level: str,
 ) -> None:
     """Serve the ShardStore and gRPC health services until SIGTERM or Ctrl-C.
 
-    Prints "listening on HOST:PORT" once the port is bound; logs (key=value) go to stderr.
+    Mutual TLS with tls_ca/tls_cert/tls_key (`orbitvault pki issue node NAME`): only gateway and
+    node certificates may call. Plaintext needs --insecure. Prints "listening on HOST:PORT" once
+    the port is bound; logs (key=value) go to stderr.
     """
     with _errors():
         config = load_node_config(
             config_path,
-            overrides={"listen": listen, "data_dir": data_dir, "capacity": capacity, "simulation": simulation},
+            overrides={
+                "listen": listen,
+                "data_dir": data_dir,
+                "capacity": capacity,
+                "simulation": simulation,
+                "tls_ca": tls_ca,
+                "tls_cert": tls_cert,
+                "tls_key": tls_key,
+                "insecure": insecure,
+            },
         )
         from orbitvault.grpc.node_server import configure_logging, run
 

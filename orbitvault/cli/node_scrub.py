@@ -50,6 +50,9 @@ def _errors() -> Iterator[None]:
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port (0 = off).")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the summary as JSON.")
 @click.option(
+    "--insecure", is_flag=True, default=None, help="Call peers in plaintext (local development; else tls_* keys)."
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -64,6 +67,7 @@ def scrub(
     once: bool,
     metrics_port: int | None,
     as_json: bool,
+    insecure: bool | None,
     log_level: str,
 ) -> None:
     """Verify every shard of the node's store and repair damage, pass after pass.
@@ -80,17 +84,20 @@ def scrub(
                 "scrub.rate_mb_s": rate_mb_s,
                 "scrub.interval_s": interval_s,
                 "metrics_port": metrics_port,
+                "insecure": insecure,
             },
         )
         from orbitvault.grpc.node_server import configure_logging
         from orbitvault.grpc.peers import GrpcPeerRows
+        from orbitvault.grpc.tls import tls_files
         from orbitvault.storage.metrics import start_metrics_server
         from orbitvault.storage.scrubber import Scrubber
         from orbitvault.storage.store import ShardStore
 
         configure_logging(log_level)
         store = ShardStore(config.data_dir, capacity_bytes=config.capacity, create=False)
-        peers = GrpcPeerRows(config.peers) if config.peers else None
+        # Peers are called with the node's own certificate (they accept node certificates only).
+        peers = GrpcPeerRows(config.peers, tls=tls_files(config, "node")) if config.peers else None
         metrics = None
         try:
             if config.metrics_port:

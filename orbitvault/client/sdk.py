@@ -4,7 +4,8 @@ This module is an adapter and imports grpc (design §1 keeps grpc inside `orbitv
 is the one exception in `orbitvault/client/`, because a client must speak the wire protocol). The
 rest of `orbitvault/client/` (the backup client) uses this SDK and stays free of grpc.
 
-    with ObjectStoreClient("127.0.0.1:7300", api_key) as s3:
+    tls = TlsFiles(Path("pki/ca.crt"), Path("pki/alice.crt"), Path("pki/alice.key"))
+    with ObjectStoreClient("gw.example:7300", api_key, tls=tls) as s3:   # or insecure=True locally
         s3.create_bucket("photos")
         s3.put_file("photos", "2024/cat.jpg", "cat.jpg", content_type="image/jpeg")
         data = s3.get("photos", "2024/cat.jpg", offset=0, length=1024)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ import grpc
 
 from orbitvault.errors import InvalidArgument, OrbitVaultError, Unavailable
 from orbitvault.grpc.status import error_from_rpc
+from orbitvault.grpc.tls import TlsFiles, channel_credentials, client_tls
 from orbitvault.grpc.v1 import common_pb2, object_store_pb2_grpc
 from orbitvault.grpc.v1 import object_store_pb2 as pb
 
@@ -56,9 +59,13 @@ __all__ = [
     "Retention",
     "RetentionMode",
     "StorageClass",
+    "TlsFiles",
 ]
 
 API_KEY_HEADER = "x-orbitvault-api-key"
+MFA_HEADER = "x-orbitvault-mfa"
+MFA_SESSION_HEADER = "x-orbitvault-mfa-session"
+MfaSource = str | Callable[[], str]
 CHUNK_SIZE = 1 << 20  # data per PutObject message: about 1 MiB is what the gateway streams best
 MAX_MESSAGE = 8 << 20
 T = TypeVar("T")
@@ -457,7 +464,15 @@ class ObjectStoreClient:
     `timeout_s` bounds unary calls; `stream_timeout_s` (None: no deadline) bounds a whole put or
     get stream, which can take as long as the object is large. `retries` extra attempts with
     `backoff_s` * 2^n (capped at `max_backoff_s`, with jitter) apply to retried calls.
-    `credentials` switch the channel to TLS (needed before sending customer keys over a network).
+    Transport: `tls` (CA, client certificate and key from `orbitvault pki issue client NAME`) for
+    mutual TLS, or ready `credentials`, or a `channel`; plaintext only with `insecure=True` (local
+    development): a client given none of them refuses, so no API key leaves unencrypted by accident.
+
+    MFA (tenants with MFA delete): destructive calls (delete, delete_bucket, overwriting put,
+    shortening retention, lifting a legal hold) take `mfa=` a current TOTP code; or give the
+    client `mfa` once (a code, or a callable returning a fresh code, e.g. a prompt). The gateway
+    answers a verified code with a session token that this client then sends instead, so a batch
+    of deletes (prune) needs one code, not one per 30 s.
     """
 
     def __init__(
@@ -474,6 +489,9 @@ class ObjectStoreClient:
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.Channel | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        tls: TlsFiles | None = None,
+        insecure: bool = False,
+        mfa: MfaSource | None = None,
     ) -> None:
         if not 1 <= chunk_size <= 4 << 20:
             raise InvalidArgument("chunk_size must be 1 byte to 4 MiB")
@@ -486,7 +504,13 @@ class ObjectStoreClient:
         self.chunk_size = chunk_size
         self._sleep = sleep
         self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
+        self._mfa_source: MfaSource | None = mfa
+        self._mfa_session: str | None = None
+        self._mfa_lock = threading.Lock()
         if channel is None:
+            if credentials is None:
+                files = client_tls(tls, insecure, "ObjectStoreClient")
+                credentials = channel_credentials(files) if files is not None else None
             try:
                 if credentials is not None:
                     channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
@@ -534,6 +558,65 @@ class ObjectStoreClient:
 
         return self._retry(call, method, retry=retry)
 
+    # --- MFA --------------------------------------------------------------------------------------
+
+    def set_mfa(self, mfa: MfaSource | None) -> None:
+        """A code (used once) or a code provider for the next destructive calls; drops any session."""
+        with self._mfa_lock:
+            self._mfa_source = mfa
+            self._mfa_session = None
+
+    @property
+    def mfa_session(self) -> str | None:
+        """The MFA session token the gateway issued for an earlier code (None if none yet)."""
+        return self._mfa_session
+
+    def _mfa_proof(self, explicit: str | None, *, use_source: bool = True) -> str | None:
+        with self._mfa_lock:
+            if explicit:
+                return explicit
+            if self._mfa_session:
+                return self._mfa_session
+            if not use_source or self._mfa_source is None:
+                return None
+            if callable(self._mfa_source):
+                return self._mfa_source()
+            code, self._mfa_source = self._mfa_source, None  # a given code is single-use
+            return code
+
+    def _keep_session(self, call: Any, proof: str | None) -> None:
+        """Remember the session the gateway sent back; forget one it refused."""
+        try:
+            md = call.initial_metadata() or ()
+        except Exception:  # a call that never started has no metadata
+            md = ()
+        with self._mfa_lock:
+            for k, v in md:
+                if k == MFA_SESSION_HEADER and isinstance(v, str):
+                    self._mfa_session = v
+                    return
+            code = call.code() if isinstance(call, grpc.RpcError) and isinstance(call, grpc.Call) else None
+            if code is grpc.StatusCode.PERMISSION_DENIED and proof and proof == self._mfa_session:
+                self._mfa_session = None  # expired: the next call uses a fresh code
+
+    def _destructive(self, method: str, request: Any, mfa: str | None, *, retry: bool, use_source: bool = True) -> Any:
+        """A unary call that may need MFA: sends the proof, keeps the session it yields.
+        `use_source`: ask the client-level code/provider when there is no session yet."""
+        rpc = getattr(self._stub, method)
+
+        def call() -> Any:
+            proof = self._mfa_proof(mfa, use_source=use_source)
+            metadata = self._metadata + (((MFA_HEADER, proof),) if proof else ())
+            try:
+                response, rpc_call = rpc.with_call(request, metadata=metadata, timeout=self.timeout_s)
+            except grpc.RpcError as err:
+                self._keep_session(err, proof)
+                raise error_from_rpc(err) from err
+            self._keep_session(rpc_call, proof)
+            return response
+
+        return self._retry(call, method, retry=retry)
+
     # --- buckets ----------------------------------------------------------------------------------
 
     def create_bucket(
@@ -570,8 +653,9 @@ class ObjectStoreClient:
             if not token:
                 return
 
-    def delete_bucket(self, name: str) -> None:
-        self._unary("DeleteBucket", pb.DeleteBucketRequest(bucket=name), retry=False)
+    def delete_bucket(self, name: str, *, mfa: str | None = None) -> None:
+        """Delete an empty bucket (`mfa`: a current code when the tenant has MFA)."""
+        self._destructive("DeleteBucket", pb.DeleteBucketRequest(bucket=name), mfa, retry=False)
 
     # --- put ----------------------------------------------------------------------------------------
 
@@ -588,11 +672,13 @@ class ObjectStoreClient:
         legal_hold: bool = False,
         customer_key: bytes | None = None,
         content_blake3: bytes | None = None,
+        mfa: str | None = None,
     ) -> ObjectInfo:
         """Store an object from bytes, a binary file object or an iterable of byte chunks.
 
-        Replaces the key's current object (unless it is locked). Give `size` when known: the
-        gateway then refuses a stream of a different length and stores nothing.
+        Replaces the key's current object (unless it is locked; with tenant MFA replacing needs
+        `mfa` or a session). Give `size` when known: the gateway then refuses a stream of a
+        different length and stores nothing.
         """
         source = _source(data, size, self.chunk_size)
         return self._put(
@@ -605,6 +691,7 @@ class ObjectStoreClient:
             legal_hold=legal_hold,
             customer_key=customer_key,
             content_blake3=content_blake3,
+            mfa=mfa,
         )
 
     def put_file(self, bucket: str, key: str, path: str | os.PathLike[str], **kwargs: Any) -> ObjectInfo:
@@ -630,6 +717,7 @@ class ObjectStoreClient:
         legal_hold: bool = False,
         customer_key: bytes | None = None,
         content_blake3: bytes | None = None,
+        mfa: str | None = None,
     ) -> ObjectInfo:
         start = pb.PutObjectStart(
             bucket=bucket,
@@ -658,9 +746,18 @@ class ObjectStoreClient:
 
         def attempt() -> pb.PutObjectResponse:
             failure.clear()
+            # Only an explicit code or a session: a put that creates a key needs none, so the
+            # provider (which may prompt someone) is not asked for every put.
+            proof = self._mfa_proof(mfa, use_source=False)
+            metadata = self._metadata + (((MFA_HEADER, proof),) if proof else ())
             try:
-                return self._stub.PutObject(messages(), metadata=self._metadata, timeout=self.stream_timeout_s)
+                response, call = self._stub.PutObject.with_call(
+                    messages(), metadata=metadata, timeout=self.stream_timeout_s
+                )
+                self._keep_session(call, proof)
+                return response
             except grpc.RpcError as err:
+                self._keep_session(err, proof)
                 if failure:
                     exc = failure[0]
                     if isinstance(exc, OrbitVaultError):
@@ -764,13 +861,20 @@ class ObjectStoreClient:
             yield from page.objects
 
     def delete(
-        self, bucket: str, key: str, *, version_id: bytes | None = None, bypass_governance: bool = False
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version_id: bytes | None = None,
+        bypass_governance: bool = False,
+        mfa: str | None = None,
     ) -> bytes:
-        """Delete the object; returns the version id deleted."""
+        """Delete the object; returns the version id deleted. `mfa`: a current TOTP code when the
+        tenant has MFA (or give the client one: see the class docstring)."""
         req = pb.DeleteObjectRequest(
             bucket=bucket, key=key, version_id=version_id or b"", bypass_governance=bypass_governance
         )
-        return bytes(self._unary("DeleteObject", req, retry=False).version_id)
+        return bytes(self._destructive("DeleteObject", req, mfa, retry=False).version_id)
 
     def set_retention(
         self,
@@ -780,18 +884,24 @@ class ObjectStoreClient:
         *,
         version_id: bytes | None = None,
         bypass_governance: bool = False,
+        mfa: str | None = None,
     ) -> ObjectInfo:
-        """Set, extend or (governance with bypass only) shorten or remove an object's retention."""
+        """Set, extend or (governance with bypass only, and `mfa` with tenant MFA) shorten or remove
+        an object's retention."""
         req = pb.SetObjectRetentionRequest(
             bucket=bucket, key=key, version_id=version_id or b"", bypass_governance=bypass_governance
         )
         if (r := _retention_to_pb(retention)) is not None:
             req.retention.CopyFrom(r)
-        return _object_info(self._unary("SetObjectRetention", req).object)
+        # Extending needs no code: only an explicit one (or a session) is sent, never a prompt.
+        return _object_info(self._destructive("SetObjectRetention", req, mfa, retry=True, use_source=False).object)
 
-    def set_legal_hold(self, bucket: str, key: str, hold: bool, *, version_id: bytes | None = None) -> ObjectInfo:
+    def set_legal_hold(
+        self, bucket: str, key: str, hold: bool, *, version_id: bytes | None = None, mfa: str | None = None
+    ) -> ObjectInfo:
+        """Place or lift a legal hold (lifting one needs `mfa` when the tenant has MFA)."""
         req = pb.SetLegalHoldRequest(bucket=bucket, key=key, version_id=version_id or b"", legal_hold=hold)
-        return _object_info(self._unary("SetLegalHold", req).object)
+        return _object_info(self._destructive("SetLegalHold", req, mfa, retry=True, use_source=not hold).object)
 
     def status(self, bucket: str, key: str, *, version_id: bytes | None = None) -> ObjectStatus:
         """Orbit durability of an object: queued / partial / durable / lost and shard counts."""

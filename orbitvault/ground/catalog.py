@@ -16,6 +16,7 @@ Named databases in `<state_dir>/catalog`:
     repair        object_id | stripe u32 | index u8 -> JSON {reason, queued_ms}
     tombstones    node_id | shard_id -> JSON {queued_ms}    shards to delete when the node answers
     nodes         node_id -> JSON              address, plane, last status, last seen
+    mfa           tenant -> JSON               wrapped TOTP secret, enabled, last time step used
 
 LMDB keys are at most 511 bytes, object keys up to 1024: an `objects` entry is keyed by the first
 `_KEY_PREFIX` bytes of the key and holds every key sharing them, sorted, so listing stays in exact
@@ -36,6 +37,7 @@ import lmdb
 from orbitvault.erasure.layout import Geometry
 from orbitvault.errors import FailedPrecondition, NotFound
 from orbitvault.ground.crypto import TAG_LEN
+from orbitvault.ground.mfa import MfaRecord
 from orbitvault.ground.model import DefaultRetention, KeyMode, Retention, RetentionMode
 
 _KEY_PREFIX = 360
@@ -315,6 +317,7 @@ class Catalog:
         "repair",
         "tombstones",
         "nodes",
+        "mfa",
     )
 
     def __init__(self, state_dir: str | Path, *, sync: bool = True) -> None:
@@ -401,6 +404,35 @@ class Catalog:
             if found:
                 self._bump(txn, urgent=True)
         return found
+
+    # --- MFA ----------------------------------------------------------------------------------------------
+
+    def get_mfa(self, tenant: str) -> MfaRecord | None:
+        return self._get("mfa", tenant.encode(), MfaRecord.from_dict)
+
+    def put_mfa(self, rec: MfaRecord) -> bool:
+        """Enrol a tenant; False if it already has MFA (disable first)."""
+        return self._put("mfa", rec.tenant.encode(), rec.to_dict(), True)
+
+    def delete_mfa(self, tenant: str) -> bool:
+        with self.write() as txn:
+            found = txn.delete(tenant.encode(), db=self._db["mfa"])
+            if found:
+                self._bump(txn, urgent=True)
+        return found
+
+    def consume_mfa_step(self, tenant: str, step: int, enabled_unix_ms: int) -> bool:
+        """Mark time step `step` used, atomically; False if it (or a later one) was used already,
+        or the enrolment changed meanwhile. Not a catalog change worth a checkpoint."""
+        with self.write() as txn:
+            raw = txn.get(tenant.encode(), db=self._db["mfa"])
+            if raw is None:
+                return False
+            rec = MfaRecord.from_dict(json.loads(bytes(raw)))
+            if rec.enabled_unix_ms != enabled_unix_ms or step <= rec.last_step:
+                return False
+            txn.put(tenant.encode(), _dump(replace(rec, last_step=step).to_dict()), db=self._db["mfa"])
+        return True
 
     def get_bucket(self, tenant: str, name: str) -> BucketRecord | None:
         return self._get("buckets", _bkey(tenant, name), BucketRecord.from_dict)

@@ -6,7 +6,7 @@ object `catalog/<seq:016d>` of the system bucket: striped, sealed with the syste
 Shard locations and work queues are left out: rebuild takes locations from the nodes themselves.
 
 Rebuild: ListShards (with catalog records) on every node -> shards grouped by object and stripe ->
-the newest readable checkpoint -> its tenants, keys, buckets, nodes and tombstones -> its objects
+the newest readable checkpoint -> its tenants, keys, MFA, buckets, nodes and tombstones -> its objects
 whose every stripe still has k shards (others were deleted after it) -> objects described by shard
 headers but absent from it (created after it), unless their shards were tombstoned -> newest version
 per key. Shards left over are orphans, reported here and collected by GC later.
@@ -36,7 +36,7 @@ PREFIX = "catalog/"
 KEEP = 3
 CONTENT_TYPE = "application/x-orbitvault-catalog+zstd"
 FORMAT = "orbitvault-catalog"
-TABLES = ("tenants", "api_keys", "buckets", "nodes", "tombstones", "objects")
+TABLES = ("tenants", "api_keys", "buckets", "nodes", "tombstones", "mfa", "objects")
 _CHUNK = 1 << 20
 _LIST_PAGE = 1000
 _BATCH = 256  # catalog entries per transaction while importing
@@ -317,7 +317,7 @@ def _apply(
                     continue
                 objs.append((rec, stripes))
                 loaded.add(rec.object_id)
-        elif table in ("tenants", "api_keys", "buckets", "nodes", "tombstones"):
+        elif table in ("tenants", "api_keys", "buckets", "nodes", "tombstones", "mfa"):
             if table == "tenants" and k.decode() == SYSTEM_TENANT:
                 continue  # already loaded from the checkpoint's own headers
             raw.append((table, k, json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()))

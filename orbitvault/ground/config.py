@@ -20,6 +20,17 @@ Schema (every key optional)::
     fragment_size = "64KiB"           # default storage class: fragment size
     stripe_size = 0                   # default stripe size; 0 = largest multiple of the row <= 16 MiB
     segment_size = "1MiB"             # encryption segment (smaller only for tests and tiny stripes)
+    tls_ca = "pki/ca.crt"             # mTLS for clients and for the calls to nodes (`orbitvault pki`)
+    tls_cert = "pki/gw.crt"           # the gateway's certificate (`orbitvault pki issue gateway gw`)
+    tls_key = "pki/gw.key"            # ... and its key; the three go together
+    insecure = false                  # plaintext gRPC both ways, local development only
+    audit_log = "<state_dir>/audit.log"   # the hash-chained audit log (JSON lines)
+    mfa_session_s = 300.0             # a verified TOTP code opens an MFA session this long (0: code per call)
+    rate_limit_per_s = 2000.0         # per-tenant requests per second (token bucket); 0 = unlimited
+    rate_limit_burst = 4000           # ... and its bucket size
+    ids_window_s = 60.0               # intrusion detection: the window bursts are counted in
+    ids_auth_failures = 20            # failed authentications per source or key per window -> alert
+    ids_mass_deletes = 100            # deletes per tenant per window -> alert
 
 Environment: ORBITVAULT_GATEWAY_<KEY> (upper case; nodes comma-separated). Unknown keys are errors,
 so a typo never silently falls back to a default; every error names the key and its source.
@@ -39,7 +50,7 @@ from typing import Any
 import platformdirs
 
 from orbitvault.errors import InvalidArgument
-from orbitvault.storage.config import parse_address, parse_size
+from orbitvault.storage.config import TLS_KEYS, check_tls_settings, parse_address, parse_size
 
 ENV_PREFIX = "ORBITVAULT_GATEWAY_"
 DEFAULT_LISTEN = "127.0.0.1:7300"
@@ -76,6 +87,22 @@ class GatewayConfig:
     fragment_size: int = 64 * KiB
     stripe_size: int = 0
     segment_size: int = DEFAULT_SEGMENT
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+    audit_log: Path | None = None
+    mfa_session_s: float = 300.0
+    rate_limit_per_s: float = 2000.0
+    rate_limit_burst: int = 4000
+    ids_window_s: float = 60.0
+    ids_auth_failures: int = 20
+    ids_mass_deletes: int = 100
+
+    @property
+    def audit_path(self) -> Path:
+        """Where the audit log lives (default: beside the catalog)."""
+        return Path(self.audit_log) if self.audit_log is not None else Path(self.state_dir) / "audit.log"
 
     def __post_init__(self) -> None:
         if not MIN_SEGMENT <= self.segment_size <= 16 * MiB:
@@ -163,7 +190,29 @@ def _build(raw: dict[str, tuple[Any, str]]) -> GatewayConfig:
         fragment_size=get("fragment_size", parse_size, 64 * KiB),
         stripe_size=get("stripe_size", _size_or_zero, 0),
         segment_size=get("segment_size", parse_size, DEFAULT_SEGMENT),
+        audit_log=get("audit_log", _path, None),
+        mfa_session_s=get("mfa_session_s", _non_negative, 300.0),
+        rate_limit_per_s=get("rate_limit_per_s", _non_negative, 2000.0),
+        rate_limit_burst=get("rate_limit_burst", _int_range(1, 10**9), 4000),
+        ids_window_s=get("ids_window_s", _positive, 60.0),
+        ids_auth_failures=get("ids_auth_failures", _int_range(1, 10**9), 20),
+        ids_mass_deletes=get("ids_mass_deletes", _int_range(1, 10**9), 100),
+        **check_tls_settings({k: get(k, _path, None) for k in TLS_KEYS}, get("insecure", _bool, False), "gateway"),
     )
+
+
+def _non_negative(value: Any, what: str) -> float:
+    if value in (0, "0"):
+        return 0.0
+    return _positive(value, what)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise InvalidArgument(f"{what} must be true or false, got {value!r}")
 
 
 def _path(value: Any, what: str) -> Path:

@@ -101,6 +101,11 @@ class MasterKey:
     def catalog_key(self) -> bytes:
         return self._catalog
 
+    def derive(self, label: str) -> bytes:
+        """A 32-byte key for one purpose (HKDF info "orbitvault <label> v1"): the audit chain's
+        MAC key, the MFA secret wrapping key, MFA session signatures; never the master key itself."""
+        return _hkdf(self._key, f"orbitvault {label} v1".encode())
+
     def fingerprint(self) -> bytes:
         """A public value that tells whether a state dir and a master key belong together."""
         return _hkdf(self._key, b"orbitvault master fingerprint v1")[:16]

@@ -20,10 +20,11 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -38,8 +39,11 @@ from orbitvault.errors import (
     Unauthenticated,
     Unavailable,
 )
+from orbitvault.ground import audit as audit_mod
 from orbitvault.ground import checkpoint as checkpoint_mod
 from orbitvault.ground import gc as gc_mod
+from orbitvault.ground import ids as ids_mod
+from orbitvault.ground import mfa as mfa_mod
 from orbitvault.ground import validate
 from orbitvault.ground.catalog import (
     BucketRecord,
@@ -102,7 +106,13 @@ class Gateway:
     """Buckets, objects, tenants and maintenance over a catalog and a set of storage nodes."""
 
     def __init__(
-        self, config: GatewayConfig, links: NodeDirectory, master_key: MasterKey, *, clock: Clock | None = None
+        self,
+        config: GatewayConfig,
+        links: NodeDirectory,
+        master_key: MasterKey,
+        *,
+        clock: Clock | None = None,
+        ids_config: ids_mod.IdsConfig | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or WallClock()
@@ -115,6 +125,29 @@ class Gateway:
         except Exception:
             self.catalog.close()
             raise
+        try:
+            self.audit = audit_mod.AuditLog(
+                config.audit_path, master_key.derive("audit"), head=self.catalog, clock=self.clock.now
+            )
+        except OSError as exc:
+            self.catalog.close()
+            raise FailedPrecondition(f"cannot open the audit log {config.audit_path}: {exc.strerror or exc}") from None
+        self._mfa_kek = master_key.derive("mfa secrets")
+        self._mfa_session_key = master_key.derive("mfa sessions")
+        self._mfa_lockout = mfa_mod.Lockout()
+        self.ids = ids_mod.IntrusionDetector(
+            ids_config
+            or ids_mod.IdsConfig(
+                window_s=config.ids_window_s,
+                auth_failures=config.ids_auth_failures,
+                mass_deletes=config.ids_mass_deletes,
+                rate_per_s=config.rate_limit_per_s,
+                burst=config.rate_limit_burst,
+            ),
+            self._on_alert,
+            clock=self.clock.now,
+            state_path=Path(config.state_dir) / "ids.json",
+        )
         self.owner = os.urandom(8).hex()
         with _LIVE_LOCK:
             _LIVE_OWNERS.add(self.owner)
@@ -139,6 +172,8 @@ class Gateway:
         self.pool.shutdown(wait=True)
         with _LIVE_LOCK:
             _LIVE_OWNERS.discard(self.owner)
+        self.ids.save()
+        self.audit.close()
         self.catalog.close()
 
     def __enter__(self) -> Gateway:
@@ -163,9 +198,11 @@ class Gateway:
 
     # --- tenants and keys ----------------------------------------------------------------------------
 
-    def create_tenant(self, name: str) -> None:
-        validate.tenant_name(name)
-        self._create_tenant(name)
+    def create_tenant(self, name: str, *, actor: str = "admin") -> None:
+        """Create tenant `name`; `actor` names who did it in the audit log (the CLI: user@host)."""
+        with self._audited(actor, "tenant.create", name, tenant=name):
+            validate.tenant_name(name)
+            self._create_tenant(name)
 
     def _create_tenant(self, name: str) -> None:
         tenant_key = os.urandom(KEY_LEN)
@@ -173,24 +210,44 @@ class Gateway:
         if not self.catalog.put_tenant(rec):
             raise AlreadyExists(f"tenant {name!r} already exists")
 
-    def create_api_key(self, tenant: str, mode: KeyMode = KeyMode.FULL) -> ApiKey:
-        validate.tenant_name(tenant)  # never for the internal tenant
-        if self.catalog.get_tenant(tenant) is None:
-            raise NotFound(f"tenant {tenant!r} does not exist; create it first")
-        mode = KeyMode(mode)
-        key_id = os.urandom(8).hex()
-        secret = os.urandom(32).hex()
-        created = self.now_ms()
-        rec = KeyRecord(key_id, blake3.blake3(secret.encode()).digest(), tenant, mode, created)
-        if not self.catalog.put_key(rec):
-            raise AlreadyExists("key id collision; try again")
-        return ApiKey(key_id, tenant, mode, created, f"{TOKEN_PREFIX}{key_id}_{secret}")
+    def create_api_key(self, tenant: str, mode: KeyMode = KeyMode.FULL, *, actor: str = "admin") -> ApiKey:
+        with self._audited(actor, "key.create", tenant, tenant=tenant) as audit:
+            validate.tenant_name(tenant)  # never for the internal tenant
+            if self.catalog.get_tenant(tenant) is None:
+                raise NotFound(f"tenant {tenant!r} does not exist; create it first")
+            mode = KeyMode(mode)
+            key_id = os.urandom(8).hex()
+            secret = os.urandom(32).hex()
+            created = self.now_ms()
+            rec = KeyRecord(key_id, blake3.blake3(secret.encode()).digest(), tenant, mode, created)
+            if not self.catalog.put_key(rec):
+                raise AlreadyExists("key id collision; try again")
+            audit.update(key=key_id, mode=mode.value)
+            return ApiKey(key_id, tenant, mode, created, f"{TOKEN_PREFIX}{key_id}_{secret}")
 
-    def delete_api_key(self, key_id: str) -> None:
-        if not self.catalog.delete_key(key_id):
-            raise NotFound(f"API key {key_id!r} does not exist")
+    def delete_api_key(self, key_id: str, *, actor: str = "admin", mfa: str | mfa_mod.Grant | None = None) -> None:
+        """Revoke a key; a tenant with MFA needs a current code (or session) for it."""
+        rec = self.catalog.get_key(key_id) if isinstance(key_id, str) else None
+        with self._audited(actor, "key.delete", str(key_id), tenant=rec.tenant if rec else "") as audit:
+            if rec is not None:
+                audit["mfa"] = self._require_mfa(rec.tenant, "", mfa, "deleting an API key")
+            if not self.catalog.delete_key(key_id):
+                raise NotFound(f"API key {key_id!r} does not exist")
 
-    def authenticate(self, token: str | None) -> Principal:
+    def authenticate(self, token: str | None, *, client: str = "", source: str = "") -> Principal:
+        """The caller's tenant and key mode from its API token; `client` (the adapter's view of the
+        caller: TLS identity or address) goes into the principal for the audit log; `source` (its
+        address without port) is what failed-authentication bursts are counted by."""
+        try:
+            return self._authenticate(token, client)
+        except Unauthenticated:
+            key_id = ""
+            if isinstance(token, str) and (m := _TOKEN.match(token)):
+                key_id = m.group(1)
+            self.ids.auth_failed(source=source or client, key_id=key_id)
+            raise
+
+    def _authenticate(self, token: str | None, client: str) -> Principal:
         if not token:
             raise Unauthenticated("no API key given: send it in the x-orbitvault-api-key metadata")
         m = _TOKEN.match(token)
@@ -201,7 +258,7 @@ class Gateway:
             raise Unauthenticated("unknown or revoked API key")
         if self.catalog.get_tenant(rec.tenant) is None:
             raise Unauthenticated(f"the key's tenant {rec.tenant!r} no longer exists")
-        return Principal(rec.tenant, rec.key_id, rec.mode)
+        return Principal(rec.tenant, rec.key_id, rec.mode, client)
 
     def _tenant_key(self, tenant: str) -> bytes:
         key = self._tenant_keys.get(tenant)
@@ -238,20 +295,21 @@ class Gateway:
         geometry: Geometry | None = None,
         default_retention: DefaultRetention | None = None,
     ) -> BucketInfo:
-        self._check_tenant(p)
-        self._may_write(p, "create buckets")
-        validate.bucket_name(name)
-        g = self._check_geometry(geometry) if geometry is not None else self.default_geometry()
-        if default_retention is not None:
-            if not isinstance(default_retention, DefaultRetention):
-                raise InvalidArgument("default_retention must be a DefaultRetention")
-            RetentionMode(default_retention.mode)
-            if not isinstance(default_retention.retain_for_ms, int) or default_retention.retain_for_ms <= 0:
-                raise InvalidArgument("default retention needs retain_for_ms > 0")
-        rec = BucketRecord(p.tenant, name, g, default_retention, self.now_ms())
-        if not self.catalog.put_bucket(rec):
-            raise AlreadyExists(f"bucket {name!r} already exists")
-        return _bucket_info(rec)
+        with self._audited(p, "bucket.create", name):
+            self._check_tenant(p)
+            self._may_write(p, "create buckets")
+            validate.bucket_name(name)
+            g = self._check_geometry(geometry) if geometry is not None else self.default_geometry()
+            if default_retention is not None:
+                if not isinstance(default_retention, DefaultRetention):
+                    raise InvalidArgument("default_retention must be a DefaultRetention")
+                RetentionMode(default_retention.mode)
+                if not isinstance(default_retention.retain_for_ms, int) or default_retention.retain_for_ms <= 0:
+                    raise InvalidArgument("default retention needs retain_for_ms > 0")
+            rec = BucketRecord(p.tenant, name, g, default_retention, self.now_ms())
+            if not self.catalog.put_bucket(rec):
+                raise AlreadyExists(f"bucket {name!r} already exists")
+            return _bucket_info(rec)
 
     def _check_geometry(self, g: Geometry) -> Geometry:
         if not isinstance(g, Geometry):
@@ -278,13 +336,16 @@ class Gateway:
         token = _encode_token(recs[-1].name.encode()) if more else ""
         return [_bucket_info(r) for r in recs], token
 
-    def delete_bucket(self, p: Principal, name: str) -> None:
-        self._check_tenant(p)
-        self._may_write(p, "delete buckets")
-        if p.mode is KeyMode.APPEND_ONLY:
-            raise PermissionDenied("an append-only key cannot delete buckets")
-        validate.bucket_name(name)
-        self.catalog.delete_bucket(p.tenant, name)
+    def delete_bucket(self, p: Principal, name: str, *, mfa: str | mfa_mod.Grant | None = None) -> None:
+        with self._audited(p, "bucket.delete", name) as audit:
+            self._check_tenant(p)
+            self.ids.delete_attempt(p.tenant, p.key_id)
+            self._may_write(p, "delete buckets")
+            if p.mode is KeyMode.APPEND_ONLY:
+                raise PermissionDenied("an append-only key cannot delete buckets")
+            validate.bucket_name(name)
+            audit["mfa"] = self._require_mfa(p.tenant, p.key_id, mfa, "deleting a bucket")
+            self.catalog.delete_bucket(p.tenant, name)
 
     def _bucket(self, p: Principal, name: str) -> BucketRecord:
         if p.tenant != SYSTEM_TENANT:
@@ -310,82 +371,101 @@ class Gateway:
         legal_hold: bool = False,
         customer_key: bytes | None = None,
         content_blake3: bytes | None = None,
+        mfa: str | mfa_mod.Grant | None = None,
     ) -> ObjectInfo:
-        self._check_tenant(p)
-        self._may_write(p, "write objects")
-        b = self._bucket(p, bucket)
-        validate.object_key(key)
-        content_type = validate.content_type(content_type)
-        meta = validate.metadata(metadata)
-        size = validate.object_size(size)
-        content_blake3 = validate.optional_id(content_blake3, "content_blake3")
-        if customer_key is not None:
-            check_customer_key(customer_key)
-        now = self.now_ms()
-        if retention is not None:
-            retention = _check_retention(retention)
-        elif b.default_retention is not None:
-            retention = Retention(b.default_retention.mode, now + b.default_retention.retain_for_ms)
-        existing = self.catalog.get_object(p.tenant, bucket, key)
-        self._check_replace(p, existing, now)  # fail fast; checked again atomically at commit
+        """Store an object (replacing the current version: with tenant MFA, that needs `mfa`)."""
+        with self._audited(p, "object.put", f"{bucket}/{key}") as audit:
+            self._check_tenant(p)
+            self._may_write(p, "write objects")
+            b = self._bucket(p, bucket)
+            validate.object_key(key)
+            content_type = validate.content_type(content_type)
+            meta = validate.metadata(metadata)
+            size = validate.object_size(size)
+            content_blake3 = validate.optional_id(content_blake3, "content_blake3")
+            if customer_key is not None:
+                check_customer_key(customer_key)
+            now = self.now_ms()
+            if retention is not None:
+                retention = _check_retention(retention)
+            elif b.default_retention is not None:
+                retention = Retention(b.default_retention.mode, now + b.default_retention.retain_for_ms)
+            existing = self.catalog.get_object(p.tenant, bucket, key)
+            self._check_replace(p, existing, now)  # fail fast; checked again atomically at commit
+            mfa_ok = False
+            if existing is not None:
+                audit["replaces"] = existing.object_id.hex()
+                audit["mfa"] = self._require_mfa(p.tenant, p.key_id, mfa, "overwriting an object", key=key)
+                mfa_ok = True
 
-        object_id = os.urandom(32)
-        data_key = os.urandom(KEY_LEN)
-        aad = data_key_aad(p.tenant, object_id)
-        if customer_key is not None:
-            wrapped, ck_hash = wrap_key(customer_key, data_key, aad), customer_key_hash(customer_key)
-        else:
-            wrapped, ck_hash = wrap_key(self._tenant_key(p.tenant), data_key, aad), b""
-        seg, pps = plain_per_stripe(b.geometry, self.config.segment_size)
-        base = ObjectRecord(
-            object_id=object_id,
-            tenant=p.tenant,
-            bucket=bucket,
-            key=key,
-            size=0,
-            etag=bytes(32),
-            created_unix_ms=now,
-            content_type=content_type,
-            metadata=meta,
-            geometry=b.geometry,
-            stripe_count=0,
-            plain_per_stripe=pps,
-            segment_size=seg,
-            wrapped_data_key=wrapped,
-            customer_key_blake3=ck_hash,
-            retention=retention,
-            legal_hold=bool(legal_hold),
-        )
-        tenant_rec = self.catalog.get_tenant(p.tenant)
-        assert tenant_rec is not None
-        if isinstance(data, bytes | bytearray | memoryview):
-            data = [data]  # a whole object given at once (small objects, tests)
-        plan = WritePlan(base, data_key, tenant_rec.wrapped_key, size, content_blake3, self.owner)
-        self.refresh_nodes(force=False)
-        with self._put_slots:
-            result = self.pipeline.write(plan, data)
-        try:
-            commit = self.catalog.commit_object(
-                result.record,
-                result.stripes,
-                upload_id=object_id,
-                failed=result.failed,
-                check_replace=lambda old: self._check_replace(p, old, self.now_ms()),
-                now_ms=self.now_ms(),
+            object_id = os.urandom(32)
+            data_key = os.urandom(KEY_LEN)
+            aad = data_key_aad(p.tenant, object_id)
+            if customer_key is not None:
+                wrapped, ck_hash = wrap_key(customer_key, data_key, aad), customer_key_hash(customer_key)
+            else:
+                wrapped, ck_hash = wrap_key(self._tenant_key(p.tenant), data_key, aad), b""
+            seg, pps = plain_per_stripe(b.geometry, self.config.segment_size)
+            base = ObjectRecord(
+                object_id=object_id,
+                tenant=p.tenant,
+                bucket=bucket,
+                key=key,
+                size=0,
+                etag=bytes(32),
+                created_unix_ms=now,
+                content_type=content_type,
+                metadata=meta,
+                geometry=b.geometry,
+                stripe_count=0,
+                plain_per_stripe=pps,
+                segment_size=seg,
+                wrapped_data_key=wrapped,
+                customer_key_blake3=ck_hash,
+                retention=retention,
+                legal_hold=bool(legal_hold),
             )
-        except BaseException:
-            self.pipeline.discard(object_id)
-            raise
-        if commit.tombstoned:  # the replaced version's shards: delete now, GC retries the rest
-            left = set(self.pipeline.delete_shards(commit.tombstoned))
-            self.catalog.clear_tombstones([t for t in commit.tombstoned if t not in left])
-        return self._info(result.record)
+            tenant_rec = self.catalog.get_tenant(p.tenant)
+            assert tenant_rec is not None
+            if isinstance(data, bytes | bytearray | memoryview):
+                data = [data]  # a whole object given at once (small objects, tests)
+            sampler = ids_mod.Sampler(data)  # what intrusion detection sees of the plaintext
+            plan = WritePlan(base, data_key, tenant_rec.wrapped_key, size, content_blake3, self.owner)
+            self.refresh_nodes(force=False)
+            with self._put_slots:
+                result = self.pipeline.write(plan, sampler)
+            try:
+                commit = self.catalog.commit_object(
+                    result.record,
+                    result.stripes,
+                    upload_id=object_id,
+                    failed=result.failed,
+                    check_replace=lambda old: self._check_replace(p, old, self.now_ms(), mfa_ok=mfa_ok),
+                    now_ms=self.now_ms(),
+                )
+            except BaseException:
+                self.pipeline.discard(object_id)
+                raise
+            if commit.tombstoned:  # the replaced version's shards: delete now, GC retries the rest
+                left = set(self.pipeline.delete_shards(commit.tombstoned))
+                self.catalog.clear_tombstones([t for t in commit.tombstoned if t not in left])
+            audit.update(version=object_id.hex(), bytes=result.record.size)
+            if p.tenant != SYSTEM_TENANT:
+                self.ids.uploaded(p.tenant, p.key_id, result.record.size, *sampler.finish(), meta)
+            if retention is not None:
+                audit["retention"] = f"{retention.mode.value}:{retention.retain_until_unix_ms}"
+            if legal_hold:
+                audit["legal_hold"] = True
+            return self._info(result.record)
 
-    def _check_replace(self, p: Principal, old: ObjectRecord | None, now_ms: int) -> None:
+    def _check_replace(self, p: Principal, old: ObjectRecord | None, now_ms: int, *, mfa_ok: bool = True) -> None:
         if old is None:
             return
         if p.mode is KeyMode.APPEND_ONLY:
             raise PermissionDenied(f"an append-only key cannot overwrite {old.key!r}; use a new key")
+        if not mfa_ok and self._mfa_applies(p.tenant, old.key):
+            # The key appeared while this put streamed: replacing it needs the code after all.
+            raise PermissionDenied(f"{old.key!r} exists now; overwriting it needs an MFA code for this tenant")
         reason = _lock_reason(old, now_ms, bypass=False)
         if reason:
             raise FailedPrecondition(f"object {old.key!r} cannot be overwritten: {reason}")
@@ -410,6 +490,7 @@ class Gateway:
         rec = self._object(p, bucket, key, version_id)
         offset, length = validate.object_range(offset, length, rec.size)
         data_key = self._data_key(rec, customer_key)
+        self.ids.read(p.tenant, p.key_id, length)
         if length:
             self._preflight(rec, offset, length)
         sealer = SegmentSealer(data_key, rec.object_id)
@@ -515,28 +596,35 @@ class Gateway:
         *,
         version_id: bytes | None = None,
         bypass_governance: bool = False,
+        mfa: str | mfa_mod.Grant | None = None,
     ) -> bytes:
-        self._check_tenant(p)
-        self._may_write(p, "delete objects")
-        if p.mode is KeyMode.APPEND_ONLY:
-            raise PermissionDenied("an append-only key cannot delete objects")
-        if bypass_governance and p.mode is not KeyMode.FULL:
-            raise PermissionDenied("only a full-access key may bypass governance retention")
-        self._bucket(p, bucket)
-        validate.object_key(key)
-        vid = validate.optional_id(version_id, "version_id")
+        with self._audited(p, "object.delete", f"{bucket}/{key}") as audit:
+            self._check_tenant(p)
+            self.ids.delete_attempt(p.tenant, p.key_id)
+            self._may_write(p, "delete objects")
+            if p.mode is KeyMode.APPEND_ONLY:
+                raise PermissionDenied("an append-only key cannot delete objects")
+            if bypass_governance and p.mode is not KeyMode.FULL:
+                raise PermissionDenied("only a full-access key may bypass governance retention")
+            self._bucket(p, bucket)
+            validate.object_key(key)
+            vid = validate.optional_id(version_id, "version_id")
 
-        def check(rec: ObjectRecord) -> None:
-            if vid is not None and vid != rec.object_id:
-                raise NotFound(f"version {vid.hex()} of {key!r} is not the current one")
-            reason = _lock_reason(rec, self.now_ms(), bypass=bypass_governance)
-            if reason:
-                raise FailedPrecondition(f"object {key!r} cannot be deleted: {reason}")
+            def check(rec: ObjectRecord) -> None:
+                if vid is not None and vid != rec.object_id:
+                    raise NotFound(f"version {vid.hex()} of {key!r} is not the current one")
+                reason = _lock_reason(rec, self.now_ms(), bypass=bypass_governance)
+                if reason:
+                    raise FailedPrecondition(f"object {key!r} cannot be deleted: {reason}")
 
-        rec, dead = self.catalog.delete_object(p.tenant, bucket, key, check=check, now_ms=self.now_ms())
-        left = set(self.pipeline.delete_shards(dead))
-        self.catalog.clear_tombstones([d for d in dead if d not in left])
-        return rec.object_id
+            if bypass_governance:
+                audit["bypass_governance"] = True
+            audit["mfa"] = self._require_mfa(p.tenant, p.key_id, mfa, "deleting an object", key=key)
+            rec, dead = self.catalog.delete_object(p.tenant, bucket, key, check=check, now_ms=self.now_ms())
+            audit.update(version=rec.object_id.hex(), bytes=rec.size)
+            left = set(self.pipeline.delete_shards(dead))
+            self.catalog.clear_tombstones([d for d in dead if d not in left])
+            return rec.object_id
 
     def set_retention(
         self,
@@ -547,45 +635,81 @@ class Gateway:
         *,
         bypass_governance: bool = False,
         version_id: bytes | None = None,
+        mfa: str | mfa_mod.Grant | None = None,
     ) -> ObjectInfo:
-        """Lengthen always; shorten or remove GOVERNANCE only with bypass (full keys); COMPLIANCE never."""
-        self._object(p, bucket, key, version_id)
-        self._may_write(p, "change retention")
-        new = None if retention is None else _check_retention(retention)
-        if bypass_governance and p.mode is not KeyMode.FULL:
-            raise PermissionDenied("only a full-access key may bypass governance retention")
+        """Lengthen always; shorten or remove GOVERNANCE only with bypass (full keys, and with tenant
+        MFA a code); COMPLIANCE never."""
+        with self._audited(p, "object.retention", f"{bucket}/{key}") as audit:
+            current = self._object(p, bucket, key, version_id)
+            self._may_write(p, "change retention")
+            new = None if retention is None else _check_retention(retention)
+            audit["retention"] = "none" if new is None else f"{new.mode.value}:{new.retain_until_unix_ms}"
+            if bypass_governance:
+                audit["bypass_governance"] = True
+            if bypass_governance and p.mode is not KeyMode.FULL:
+                raise PermissionDenied("only a full-access key may bypass governance retention")
+            mfa_ok = False
+            cur0 = current.retention
+            shortens = cur0 is not None and cur0.retain_until_unix_ms > self.now_ms() and not _extends(cur0, new)
+            if shortens and bypass_governance and p.mode is KeyMode.FULL and cur0.mode is RetentionMode.GOVERNANCE:
+                # Checked again in `mutate`, on the record as it is inside the transaction.
+                audit["mfa"] = self._require_mfa(p.tenant, p.key_id, mfa, "shortening retention", key=key)
+                mfa_ok = True
 
-        def mutate(rec: ObjectRecord) -> ObjectRecord:
-            if version_id and rec.object_id != version_id:
-                raise NotFound(f"version {version_id.hex()} of {key!r} is not the current one")
-            cur = rec.retention
-            now = self.now_ms()
-            if cur is not None and cur.retain_until_unix_ms > now and not _extends(cur, new):
-                if cur.mode is RetentionMode.COMPLIANCE:
-                    raise FailedPrecondition(
-                        f"object {key!r} is under COMPLIANCE retention until {cur.retain_until_unix_ms}; "
-                        "it can only be extended"
-                    )
-                if p.mode is KeyMode.APPEND_ONLY:
-                    raise PermissionDenied("an append-only key cannot shorten or remove retention")
-                if not bypass_governance:
-                    raise FailedPrecondition(
-                        f"object {key!r} is under GOVERNANCE retention until {cur.retain_until_unix_ms}; "
-                        "shortening or removing it needs bypass_governance"
-                    )
-            return replace(rec, retention=new)
+            def mutate(rec: ObjectRecord) -> ObjectRecord:
+                if version_id and rec.object_id != version_id:
+                    raise NotFound(f"version {version_id.hex()} of {key!r} is not the current one")
+                cur = rec.retention
+                now = self.now_ms()
+                if cur is not None and cur.retain_until_unix_ms > now and not _extends(cur, new):
+                    if cur.mode is RetentionMode.COMPLIANCE:
+                        raise FailedPrecondition(
+                            f"object {key!r} is under COMPLIANCE retention until {cur.retain_until_unix_ms}; "
+                            "it can only be extended"
+                        )
+                    if p.mode is KeyMode.APPEND_ONLY:
+                        raise PermissionDenied("an append-only key cannot shorten or remove retention")
+                    if not bypass_governance:
+                        raise FailedPrecondition(
+                            f"object {key!r} is under GOVERNANCE retention until {cur.retain_until_unix_ms}; "
+                            "shortening or removing it needs bypass_governance"
+                        )
+                    if not mfa_ok and self._mfa_applies(p.tenant, key):
+                        raise PermissionDenied(f"shortening the retention of {key!r} needs an MFA code for this tenant")
+                    audit["shortened"] = True
+                return replace(rec, retention=new)
 
-        return self._info(self.catalog.update_object(p.tenant, bucket, key, mutate), full=True)
+            return self._info(self.catalog.update_object(p.tenant, bucket, key, mutate), full=True)
 
     def set_legal_hold(
-        self, p: Principal, bucket: str, key: str, hold: bool, *, version_id: bytes | None = None
+        self,
+        p: Principal,
+        bucket: str,
+        key: str,
+        hold: bool,
+        *,
+        version_id: bytes | None = None,
+        mfa: str | mfa_mod.Grant | None = None,
     ) -> ObjectInfo:
-        rec = self._object(p, bucket, key, version_id)
-        self._may_write(p, "change legal holds")
-        if rec.legal_hold and not hold and p.mode is KeyMode.APPEND_ONLY:
-            raise PermissionDenied("an append-only key cannot lift a legal hold")
-        new = self.catalog.update_object(p.tenant, bucket, key, lambda r: replace(r, legal_hold=bool(hold)))
-        return self._info(new, full=True)
+        """Place or lift a legal hold; lifting one needs a code when the tenant has MFA."""
+        with self._audited(p, "object.legal_hold", f"{bucket}/{key}") as audit:
+            rec = self._object(p, bucket, key, version_id)
+            self._may_write(p, "change legal holds")
+            audit["hold"] = bool(hold)
+            if rec.legal_hold and not hold and p.mode is KeyMode.APPEND_ONLY:
+                raise PermissionDenied("an append-only key cannot lift a legal hold")
+            mfa_ok = False
+            if rec.legal_hold and not hold:
+                audit["mfa"] = self._require_mfa(p.tenant, p.key_id, mfa, "lifting a legal hold", key=key)
+                mfa_ok = True
+
+            def mutate(r: ObjectRecord) -> ObjectRecord:
+                if r.legal_hold and not hold and not mfa_ok and self._mfa_applies(p.tenant, key):
+                    raise PermissionDenied(f"lifting the legal hold on {key!r} needs an MFA code for this tenant")
+                return replace(r, legal_hold=bool(hold))
+
+            new = self.catalog.update_object(p.tenant, bucket, key, mutate)
+            return self._info(new, full=True)
 
     def object_status(self, p: Principal, bucket: str, key: str, *, version_id: bytes | None = None) -> ObjectStatus:
         rec = self._object(p, bucket, key, version_id)
@@ -753,6 +877,173 @@ class Gateway:
         shutil.rmtree(tmp, ignore_errors=True)
         return report
 
+    # --- MFA --------------------------------------------------------------------------------------------
+
+    def mfa_enable(self, tenant: str, *, exempt: Sequence[str] = (), actor: str = "admin") -> mfa_mod.Enrolment:
+        """Enrol `tenant` in TOTP for destructive calls; the secret is shown once (here) only."""
+        with self._audited(actor, "mfa.enable", tenant, tenant=tenant) as audit:
+            validate.tenant_name(tenant)
+            if self.catalog.get_tenant(tenant) is None:
+                raise NotFound(f"tenant {tenant!r} does not exist")
+            patterns = mfa_mod.check_exempt(exempt)
+            secret = mfa_mod.generate_secret()
+            wrapped = mfa_mod.wrap_secret(self._mfa_kek, tenant, secret)
+            rec = mfa_mod.MfaRecord(tenant, wrapped, self.now_ms(), -1, patterns)
+            if not self.catalog.put_mfa(rec):
+                raise AlreadyExists(f"tenant {tenant!r} already has MFA; disable it (with a current code) first")
+            audit["exempt"] = ",".join(patterns)
+            return mfa_mod.Enrolment(tenant, mfa_mod.secret_b32(secret), mfa_mod.otpauth_uri(secret, tenant))
+
+    def mfa_disable(self, tenant: str, code: str | None, *, actor: str = "admin") -> None:
+        """Remove the tenant's MFA; needs a current code (a hostile operator cannot switch it off)."""
+        with self._audited(actor, "mfa.disable", tenant, tenant=tenant) as audit:
+            if self.catalog.get_mfa(tenant) is None:
+                raise NotFound(f"tenant {tenant!r} has no MFA enabled")
+            if code is not None and code.startswith(mfa_mod.SESSION_PREFIX):
+                raise PermissionDenied("disabling MFA needs a code from the authenticator, not a session")
+            audit["mfa"] = self._require_mfa(tenant, "", code, "disabling MFA")
+            self.catalog.delete_mfa(tenant)
+
+    def mfa_status(self, tenant: str) -> mfa_mod.MfaRecord | None:
+        """The tenant's enrolment (secret still wrapped), or None."""
+        return self.catalog.get_mfa(tenant)
+
+    def mfa_required(self, tenant: str) -> bool:
+        return self.catalog.get_mfa(tenant) is not None
+
+    def authorize_mfa(self, p: Principal, proof: str) -> mfa_mod.Grant | None:
+        """Check a code or session for `p`'s tenant and return a session to reuse (None: no MFA).
+
+        Adapters call this when a request carries a code, and hand the session back to the client,
+        so batch deletes need one code, not one per 30-second step.
+        """
+        rec = self.catalog.get_mfa(p.tenant)
+        if rec is None:
+            return None
+        via = self._verify_mfa(rec, p.key_id, proof)
+        return self._grant(rec, p.key_id, via)
+
+    def _grant(self, rec: mfa_mod.MfaRecord, key_id: str, via: str) -> mfa_mod.Grant:
+        ttl_ms = int(self.config.mfa_session_s * 1000)
+        expires = self.now_ms() + ttl_ms
+        token = mfa_mod.issue_session(self._mfa_session_key, rec, key_id, expires) if ttl_ms else ""
+        return mfa_mod.Grant(rec.tenant, key_id, via, token, expires if ttl_ms else 0)
+
+    def _mfa_applies(self, tenant: str, key: str | None = None) -> bool:
+        rec = self.catalog.get_mfa(tenant)
+        return rec is not None and not (key is not None and rec.exempts(key))
+
+    def _require_mfa(
+        self, tenant: str, key_id: str, proof: str | mfa_mod.Grant | None, what: str, *, key: str | None = None
+    ) -> str:
+        """Nothing when the tenant has no MFA (or `key` is exempt); else a valid code or session.
+
+        Returns how it was satisfied ("off", "exempt", "code", "session") for the audit log.
+        """
+        rec = self.catalog.get_mfa(tenant)
+        if rec is None:
+            return "off"
+        if key is not None and rec.exempts(key):
+            return "exempt"
+        if isinstance(proof, mfa_mod.Grant):
+            if (proof.tenant, proof.key_id) != (tenant, key_id):
+                raise PermissionDenied("the MFA grant was made for another tenant or key")
+            return proof.via
+        if not proof:
+            raise PermissionDenied(
+                f"{what} needs MFA: tenant {tenant!r} has MFA delete enabled; send a current code from its "
+                "authenticator (gRPC metadata x-orbitvault-mfa, SDK parameter mfa=)"
+            )
+        return self._verify_mfa(rec, key_id, proof)
+
+    def _verify_mfa(self, rec: mfa_mod.MfaRecord, key_id: str, proof: str) -> str:
+        if not isinstance(proof, str) or len(proof) > 128:
+            raise PermissionDenied("the MFA value is neither a code nor a session token")
+        if proof.startswith(mfa_mod.SESSION_PREFIX):
+            if mfa_mod.check_session(self._mfa_session_key, rec, key_id, proof, self.now_ms()):
+                return "session"
+            raise PermissionDenied("the MFA session expired or belongs to another key; send a current code")
+        self._mfa_lockout.check(rec.tenant)
+        code = mfa_mod.check_code(proof)
+        secret = mfa_mod.unwrap_secret(self._mfa_kek, rec.tenant, rec.wrapped_secret)
+        step = mfa_mod.match_step(secret, code, self.clock.now())
+        if step is None:
+            if self._mfa_lockout.failed(rec.tenant):
+                self.ids.alert("mfa.lockout", f"tenant:{rec.tenant}", rec.tenant, {"key": key_id or "admin"})
+            self.ids.auth_failed(key_id=key_id or f"admin@{rec.tenant}", tenant=rec.tenant, what="mfa")
+            raise PermissionDenied("wrong MFA code (or the gateway's clock is off by more than 30 s)")
+        if step <= rec.last_step or not self.catalog.consume_mfa_step(rec.tenant, step, rec.enabled_unix_ms):
+            self.ids.auth_failed(key_id=key_id or f"admin@{rec.tenant}", tenant=rec.tenant, what="mfa-replay")
+            raise PermissionDenied("this MFA code was used already (codes are single-use); wait for the next one")
+        return "code"
+
+    # --- audit ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _audited(self, who: Principal | str, action: str, target: str, *, tenant: str = "") -> Iterator[dict[str, Any]]:
+        """Record the call in the audit log when it ends, with its outcome (ok, denied, failed).
+
+        The body adds details to the dict it gets. Internal maintenance (the system tenant's
+        checkpoints) is not a call and is not recorded. A crash (BaseException) records nothing:
+        the call did not end. While the log cannot be written, mutating calls are refused.
+        """
+        if isinstance(who, Principal):
+            principal, tenant, key_id = who.client or "api", who.tenant, who.key_id
+        else:
+            principal, key_id = str(who), ""
+        if tenant == SYSTEM_TENANT:
+            yield {}
+            return
+        self.audit.check_writable()
+        detail: dict[str, Any] = {}
+        try:
+            yield detail
+        except ids_mod.RateLimited:
+            raise  # counted and alerted by the detector; one entry per refused call would flood the log
+        except Exception as exc:
+            self._record(action, target, exc, principal, tenant, key_id, detail)
+            raise
+        self._record(action, target, None, principal, tenant, key_id, detail)
+
+    def _on_alert(self, alert: ids_mod.Alert) -> None:
+        """Intrusion alerts go into the audit log (the metrics count them in the detector)."""
+        with contextlib.suppress(OSError):
+            self.audit.append(
+                f"alert.{alert.kind}",
+                target=alert.subject,
+                outcome="alert",
+                status="OK",
+                principal="ids",
+                tenant=alert.tenant,
+                detail=alert.detail,
+            )
+
+    def _record(
+        self,
+        action: str,
+        target: str,
+        exc: BaseException | None,
+        principal: str,
+        tenant: str,
+        key_id: str,
+        detail: Mapping[str, Any],
+    ) -> None:
+        outcome, status, reason = audit_mod.outcome_of(exc)
+        if reason:
+            detail = {**detail, "reason": reason}
+        # A failed append is logged by the audit log; the next mutating call is refused until it works.
+        with contextlib.suppress(OSError):
+            self.audit.append(
+                action,
+                target=target,
+                outcome=outcome,
+                status=status,
+                principal=principal,
+                tenant=tenant,
+                key_id=key_id,
+                detail=detail,
+            )
+
     # --- permissions ----------------------------------------------------------------------------------
 
     def _check_tenant(self, p: Principal) -> None:
@@ -762,6 +1053,7 @@ class Gateway:
             return
         if self.catalog.get_tenant(p.tenant) is None:
             raise Unauthenticated(f"tenant {p.tenant!r} does not exist")
+        self.ids.admit(p.tenant)  # every tenant call passes here once: the rate limit
 
     @staticmethod
     def _may_write(p: Principal, what: str) -> None:

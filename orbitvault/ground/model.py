@@ -62,11 +62,13 @@ class DefaultRetention:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the tenant and the key's mode (from `Gateway.authenticate`)."""
+    """Who is calling: the tenant and the key's mode (from `Gateway.authenticate`), and `client`:
+    how the adapter saw the caller (TLS identity `client:alice`, or its address), for the audit log."""
 
     tenant: str
     key_id: str
     mode: KeyMode
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)

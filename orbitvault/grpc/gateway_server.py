@@ -39,9 +39,11 @@ from orbitvault.ground.config import GatewayConfig
 from orbitvault.ground.crypto import MasterKey
 from orbitvault.ground.gateway import Gateway
 from orbitvault.ground.nodes import NodeDirectory
+from orbitvault.grpc.guard import MalformedRequestInterceptor
 from orbitvault.grpc.node_link import GrpcNodeLink
 from orbitvault.grpc.node_server import configure_logging
 from orbitvault.grpc.object_service import MAX_MESSAGE_BYTES, ObjectStoreService, ServiceCounters
+from orbitvault.grpc.tls import RoleCheck, TlsFiles, add_port, channel_credentials, server_credentials, tls_files
 from orbitvault.grpc.v1 import object_store_pb2, object_store_pb2_grpc
 from orbitvault.orbit.clock import Clock
 
@@ -76,12 +78,15 @@ def load_master_key(config: GatewayConfig) -> MasterKey:
 
 
 def build_directory(config: GatewayConfig, *, clock: Clock | None = None) -> NodeDirectory:
-    """One gRPC link per configured node address."""
+    """One gRPC link per configured node address, mTLS with the gateway's certificate (plaintext
+    only for an `insecure` gateway)."""
     if not config.nodes:
         raise FailedPrecondition(
             "no storage nodes configured: list their addresses in `nodes` (or ORBITVAULT_GATEWAY_NODES)"
         )
-    return NodeDirectory([GrpcNodeLink(a) for a in config.nodes], clock=clock)
+    files = tls_files(config, "gateway")
+    creds = channel_credentials(files) if files is not None else None
+    return NodeDirectory([GrpcNodeLink(a, credentials=creds) for a in config.nodes], clock=clock)
 
 
 # --- maintenance -----------------------------------------------------------------------------------
@@ -271,7 +276,14 @@ def serve(
     maintenance: bool = True,
     shutdown_grace_s: float = 30.0,
 ) -> GatewayServer:
-    """Open the catalog, start the server (and, unless `maintenance=False`, the background duties)."""
+    """Open the catalog, start the server (and, unless `maintenance=False`, the background duties).
+
+    The port is mutual TLS with the config's tls_* files (client and gateway certificates may call,
+    each still with an API key); plaintext only when the config says `insecure`.
+    """
+    files = tls_files(config, "gateway")
+    if files is not None:
+        server_credentials(files)  # unreadable files fail here, before the catalog is opened
     key = master_key or load_master_key(config)
     own_directory = directory is None
     directory = directory or build_directory(config, clock=clock)
@@ -282,7 +294,7 @@ def serve(
             directory.close()
         raise
     try:
-        return _start(config, gateway, directory, maintenance, shutdown_grace_s)
+        return _start(config, gateway, directory, maintenance, shutdown_grace_s, files)
     except BaseException:
         gateway.close()
         if own_directory:
@@ -291,9 +303,14 @@ def serve(
 
 
 def _start(
-    config: GatewayConfig, gateway: Gateway, directory: NodeDirectory, maintenance: bool, shutdown_grace_s: float
+    config: GatewayConfig,
+    gateway: Gateway,
+    directory: NodeDirectory,
+    maintenance: bool,
+    shutdown_grace_s: float,
+    files: TlsFiles | None,
 ) -> GatewayServer:
-    service = ObjectStoreService(gateway)
+    service = ObjectStoreService(gateway, roles=RoleCheck(tls=files is not None))
     health_service = health.HealthServicer(experimental_non_blocking=True)
     workers = config.max_put_concurrency + _EXTRA_WORKERS
     server = grpc.server(
@@ -305,11 +322,12 @@ def _start(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
+        interceptors=[MalformedRequestInterceptor()],  # garbage requests: INVALID_ARGUMENT, not INTERNAL
     )
     object_store_pb2_grpc.add_ObjectStoreServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     try:
-        port = server.add_insecure_port(config.listen)
+        port = add_port(server, config.listen, files)
     except RuntimeError:
         raise FailedPrecondition(f"cannot listen on {config.listen}: address in use or not local") from None
     if not port:
@@ -327,8 +345,9 @@ def _start(
         health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     up = sum(1 for st in directory.states() if st.up)
     log.info(
-        "gateway serving address=%s state_dir=%s nodes=%d nodes_up=%d pid=%d",
+        "gateway serving address=%s tls=%s state_dir=%s nodes=%d nodes_up=%d pid=%d",
         address,
+        "mtls" if files is not None else "off-insecure",
         config.state_dir,
         len(directory),
         up,
@@ -399,6 +418,7 @@ class _GatewayMetrics:
         ]:
             yield CounterMetricFamily(f"orbitvault_gateway_{name}", doc, value=c[name])
         yield GaugeMetricFamily("orbitvault_gateway_puts_in_flight", "PutObject streams running.", c["puts_in_flight"])
+        yield from _security_metrics(self.gateway)
         states = self.gateway.nodes.states()
         yield GaugeMetricFamily("orbitvault_gateway_nodes", "Storage nodes configured.", len(states))
         yield GaugeMetricFamily("orbitvault_gateway_nodes_up", "Storage nodes answering.", sum(st.up for st in states))
@@ -423,6 +443,39 @@ class _GatewayMetrics:
                 ("maintenance_failures", "Maintenance duties that failed.", s.duty_failures),
             ]:
                 yield CounterMetricFamily(f"orbitvault_gateway_{name}", doc, value=value)
+
+
+def _security_metrics(gateway: Gateway) -> Iterator[Any]:
+    """Intrusion alerts by kind, rate-limited calls by tenant, failed logins, audit log health."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    ids = gateway.ids.snapshot()
+    alerts = CounterMetricFamily(
+        "orbitvault_gateway_ids_alerts", "Intrusion-detection alerts raised, by kind.", labels=["kind"]
+    )
+    for kind, n in sorted(ids["alerts"].items()):
+        alerts.add_metric([kind], n)
+    yield alerts
+    limited = CounterMetricFamily(
+        "orbitvault_gateway_rate_limited", "Calls refused by the per-tenant rate limit.", labels=["tenant"]
+    )
+    for tenant, n in sorted(ids["rate_limited"].items()):
+        limited.add_metric([tenant], n)
+    yield limited
+    yield CounterMetricFamily(
+        "orbitvault_gateway_auth_failures", "Failed authentications (API keys, MFA codes).", value=ids["auth_failures"]
+    )
+    yield CounterMetricFamily(
+        "orbitvault_gateway_audit_entries", "Audit entries appended.", value=gateway.audit.appended
+    )
+    yield CounterMetricFamily(
+        "orbitvault_gateway_audit_failures", "Audit appends that failed.", value=gateway.audit.failures
+    )
+    yield GaugeMetricFamily(
+        "orbitvault_gateway_audit_writable",
+        "1 while the audit log takes writes.",
+        value=0 if gateway.audit.broken else 1,
+    )
 
 
 def _start_metrics(

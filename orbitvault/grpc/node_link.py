@@ -1,9 +1,11 @@
 """`NodeLink` over gRPC: how the gateway's domain reaches one storage node's ShardStore.
 
 One channel per node, kept open (grpc channels are thread-safe, so the put pipeline's threads share
-it). Every call has a deadline, so a node that hangs costs the caller one timeout and then looks
-like a node that is down: UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED all become `Unavailable`
-(via `status.error_from_rpc`), which is what the domain needs to pick another node.
+it), mutual TLS with the gateway's certificate when `credentials` are given (`tls.py`; nodes take
+shard writes from gateway and node certificates only). Every call has a deadline, so a node that
+hangs costs the caller one timeout and then looks like a node that is down: UNAVAILABLE,
+DEADLINE_EXCEEDED and CANCELLED all become `Unavailable` (via `status.error_from_rpc`), which is
+what the domain needs to pick another node.
 
 - PutShard re-packs the domain's row batches into messages of about 1 MiB (at most 1024 rows), so
   the domain may hand over rows in whatever batches its coder produces.
@@ -26,6 +28,7 @@ from orbitvault.errors import DataLoss, InvalidArgument, OrbitVaultError, Unavai
 from orbitvault.ground.ports import FetchedRows, NodeStatus
 from orbitvault.grpc import convert
 from orbitvault.grpc.status import error_from_rpc
+from orbitvault.grpc.tls import open_channel
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.grpc.v1 import shard_store_pb2_grpc
 from orbitvault.storage.header import ID_LEN, ShardHeader
@@ -63,8 +66,10 @@ class GrpcNodeLink:
         info_timeout_s: float = 3.0,
         min_rate_bytes_per_s: float = 2_000_000.0,
         channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.address = address
+        self._credentials = credentials
         self.timeout_s = timeout_s
         self.info_timeout_s = info_timeout_s
         self.min_rate_bytes_per_s = min_rate_bytes_per_s
@@ -85,7 +90,9 @@ class GrpcNodeLink:
             if self._stub is None:
                 if self._channel is None:
                     try:
-                        self._channel = grpc.insecure_channel(self.address, options=LINK_CHANNEL_OPTIONS)
+                        self._channel = open_channel(
+                            self.address, None, LINK_CHANNEL_OPTIONS, credentials=self._credentials
+                        )
                     except ValueError as exc:
                         raise Unavailable(f"cannot open a channel to node {self.address}: {exc}") from exc
                 self._stub = shard_store_pb2_grpc.ShardStoreStub(self._channel)

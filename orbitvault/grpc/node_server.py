@@ -29,8 +29,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from orbitvault.errors import FailedPrecondition
 from orbitvault.grpc.convert import MAX_MESSAGE_BYTES
+from orbitvault.grpc.guard import MalformedRequestInterceptor
 from orbitvault.grpc.peers import GrpcPeerRows
 from orbitvault.grpc.shard_service import NodeIdentity, Repairer, ShardStoreService
+from orbitvault.grpc.tls import RoleCheck, TlsFiles, add_port, server_credentials, tls_files
 from orbitvault.grpc.v1 import shard_store_pb2, shard_store_pb2_grpc
 from orbitvault.orbit.clock import Clock
 from orbitvault.storage.config import NodeConfig
@@ -116,17 +118,23 @@ def serve(
     `repair` rebuilds damaged rows met by GetShard before they are sent; `peers` gives the
     in-process scrubber (config scrub.enabled_in_process) sibling rows; without it the scrubber
     still verifies and repairs in place, and reports rows it could not rebuild.
+
+    The port is mutual TLS with the config's tls_* files (peers are called with the same
+    certificate); plaintext only when the config says `insecure` (FailedPrecondition otherwise).
     """
+    files = tls_files(config, "node")
+    if files is not None:
+        server_credentials(files)  # unreadable files fail here, before the store is opened
     own_store = store is None
     if store is None:
         store = ShardStore(config.data_dir, capacity_bytes=config.capacity, simulation=config.simulation)
     own_peers = peers is None and bool(config.peers)
     if own_peers:
-        peers = GrpcPeerRows(config.peers)
+        peers = GrpcPeerRows(config.peers, tls=files)
     if repair is None:
         repair = RowRepairer(store, peers)  # GetShard repairs damaged rows before sending them
     try:
-        node = _start(config, store, clock, repair, peers)
+        node = _start(config, store, clock, repair, peers, files)
     except BaseException:
         if own_store:
             store.close()
@@ -139,7 +147,12 @@ def serve(
 
 
 def _start(
-    config: NodeConfig, store: ShardStore, clock: Clock | None, repair: Repairer | None, peers: PeerRows | None
+    config: NodeConfig,
+    store: ShardStore,
+    clock: Clock | None,
+    repair: Repairer | None,
+    peers: PeerRows | None,
+    files: TlsFiles | None,
 ) -> NodeServer:
     identity = NodeIdentity(
         name=config.name,
@@ -149,7 +162,12 @@ def _start(
         scrub_rate_bytes_per_s=config.scrub.rate_bytes_per_s,
     )
     service = ShardStoreService(
-        store, identity, clock=clock, repair=repair, max_concurrent_puts=config.max_concurrent_puts
+        store,
+        identity,
+        clock=clock,
+        repair=repair,
+        max_concurrent_puts=config.max_concurrent_puts,
+        roles=RoleCheck(tls=files is not None),
     )
     health_service = health.HealthServicer(experimental_non_blocking=True)
     server = grpc.server(
@@ -161,11 +179,12 @@ def _start(
             # if its predecessor still holds the address.
             ("grpc.so_reuseport", 0),
         ],
+        interceptors=[MalformedRequestInterceptor()],  # garbage requests: INVALID_ARGUMENT, not INTERNAL
     )
     shard_store_pb2_grpc.add_ShardStoreServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     try:
-        port = server.add_insecure_port(config.listen)
+        port = add_port(server, config.listen, files)
     except RuntimeError:  # grpc logs the cause itself; its exception text adds nothing for the operator
         raise FailedPrecondition(f"cannot listen on {config.listen}: address in use or not local") from None
     if not port:
@@ -177,8 +196,9 @@ def _start(
     for name in ("", SERVICE_NAME):
         health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "node serving address=%s node_id=%s name=%s data_dir=%s capacity=%d used=%d shards=%d simulation=%s",
+        "node serving address=%s tls=%s node_id=%s name=%s data_dir=%s capacity=%d used=%d shards=%d simulation=%s",
         address,
+        "mtls" if files is not None else "off-insecure",
         store.node_id.hex(),
         config.name,
         config.data_dir,

@@ -30,13 +30,20 @@ from orbitvault.erasure.layout import Geometry
 from orbitvault.errors import FailedPrecondition, InvalidArgument, Unavailable
 from orbitvault.ground import model, validate
 from orbitvault.ground.gateway import Gateway
+from orbitvault.ground.mfa import SESSION_PREFIX, Grant
 from orbitvault.grpc.status import rpc_errors
+from orbitvault.grpc.tls import CLIENT_OR_GATEWAY, RoleCheck
 from orbitvault.grpc.v1 import common_pb2, object_store_pb2_grpc
 from orbitvault.grpc.v1 import object_store_pb2 as pb
 
 log = logging.getLogger("orbitvault.gateway")
 
 API_KEY_HEADER = "x-orbitvault-api-key"
+# A TOTP code (or an MFA session token) for destructive calls of a tenant with MFA; the answer's
+# initial metadata carries a session token to send instead of the next codes.
+MFA_HEADER = "x-orbitvault-mfa"
+MFA_SESSION_HEADER = "x-orbitvault-mfa-session"
+MAX_MFA = 128
 MAX_TOKEN = 256
 MAX_DATA_MESSAGE = 4 * 1024 * 1024  # object_store.proto: data messages are at most 4 MiB
 MAX_MESSAGE_BYTES = MAX_DATA_MESSAGE + 64 * 1024  # plus the start message's framing and metadata
@@ -224,9 +231,12 @@ def _split(data: bytes) -> Iterator[bytes]:
 class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
     """Serves the gateway's facade over gRPC. Thread-safe: the facade is; this keeps counters only."""
 
-    def __init__(self, gateway: Gateway, *, counters: ServiceCounters | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, *, counters: ServiceCounters | None = None, roles: RoleCheck | None = None
+    ) -> None:
         self.gateway = gateway
         self.counters = counters or ServiceCounters()
+        self.roles = roles or RoleCheck(tls=False)
         self._accepting = True
 
     def stop_accepting_puts(self) -> None:
@@ -234,6 +244,9 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
         self._accepting = False
 
     def _principal(self, context: grpc.ServicerContext) -> model.Principal:
+        # mTLS first (client or gateway certificates; nodes have no business here), then the API
+        # key: the certificate says which machine calls, the key which tenant and what it may do.
+        who = self.roles.require(context, CLIENT_OR_GATEWAY, "the ObjectStore API")
         token: str | None = None
         for k, v in context.invocation_metadata() or ():
             if k == API_KEY_HEADER:
@@ -241,7 +254,28 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
                 break
         if token is not None and len(token) > MAX_TOKEN:
             token = ""  # far too long to be a key: fail as a wrong key, without hashing it
-        return self.gateway.authenticate(token)
+        peer = context.peer() or ""
+        client = str(who) if who is not None else peer
+        return self.gateway.authenticate(token, client=client, source=_peer_host(peer))
+
+    def _mfa(self, context: grpc.ServicerContext, p: model.Principal) -> str | Grant | None:
+        """The call's MFA proof; a code is turned into a session token, sent back to the client in
+        the initial metadata (before the call's own outcome) so its next destructive calls reuse it."""
+        proof: str | None = None
+        for k, v in context.invocation_metadata() or ():
+            if k == MFA_HEADER:
+                proof = v if isinstance(v, str) else None
+                break
+        if not proof:
+            return None
+        if len(proof) > MAX_MFA:
+            raise InvalidArgument(f"{MFA_HEADER} is longer than {MAX_MFA} characters")
+        if proof.startswith(SESSION_PREFIX):
+            return proof
+        grant = self.gateway.authorize_mfa(p, proof)  # None: the tenant has no MFA
+        if grant is not None and grant.session:
+            context.send_initial_metadata(((MFA_SESSION_HEADER, grant.session),))
+        return grant
 
     # --- buckets ----------------------------------------------------------------------------------
 
@@ -270,7 +304,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
     def DeleteBucket(self, request: pb.DeleteBucketRequest, context: grpc.ServicerContext) -> pb.DeleteBucketResponse:
         p = self._principal(context)
         _names(request.bucket)
-        self.gateway.delete_bucket(p, request.bucket)
+        self.gateway.delete_bucket(p, request.bucket, mfa=self._mfa(context, p))
         log.info("bucket deleted tenant=%s bucket=%s", p.tenant, request.bucket)
         return pb.DeleteBucketResponse()
 
@@ -300,6 +334,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
             )
         if start.content_blake3 and len(start.content_blake3) != ID_LEN:
             raise InvalidArgument(f"start.content_blake3 must be {ID_LEN} bytes (blake3 of the data)")
+        mfa = self._mfa(context, p)
         began = time.monotonic()
         self.counters.add(puts_in_flight=1)
         try:
@@ -315,6 +350,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
                 legal_hold=start.legal_hold,
                 customer_key=customer_key,
                 content_blake3=bytes(start.content_blake3) or None,
+                mfa=mfa,
             )
         except BaseException:
             self.counters.add(puts_in_flight=-1, puts_failed=1)
@@ -397,6 +433,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
             request.key,
             version_id=_version(request.version_id),
             bypass_governance=request.bypass_governance,
+            mfa=self._mfa(context, p),
         )
         log.info("object deleted tenant=%s bucket=%s key=%r", p.tenant, request.bucket, request.key)
         return pb.DeleteObjectResponse(version_id=version)
@@ -415,6 +452,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
             retention,
             bypass_governance=request.bypass_governance,
             version_id=_version(request.version_id),
+            mfa=self._mfa(context, p),
         )
         return pb.SetObjectRetentionResponse(object=object_info_to_pb(info))
 
@@ -423,7 +461,12 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
         p = self._principal(context)
         _names(request.bucket, request.key)
         info = self.gateway.set_legal_hold(
-            p, request.bucket, request.key, request.legal_hold, version_id=_version(request.version_id)
+            p,
+            request.bucket,
+            request.key,
+            request.legal_hold,
+            version_id=_version(request.version_id),
+            mfa=self._mfa(context, p),
         )
         return pb.SetLegalHoldResponse(object=object_info_to_pb(info))
 
@@ -498,6 +541,16 @@ def gateway_status_to_pb(st: model.GatewayStatus) -> pb.GetGatewayStatusResponse
         gateway_time_unix_ms=st.gateway_time_unix_ms,
         version=st.version,
     )
+
+
+def _peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string ("ipv4:10.0.0.5:53211" -> "10.0.0.5"): failed
+    logins are counted per host, not per connection."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0]
+        return host.strip("[]") or rest
+    return peer
 
 
 def raise_unavailable_shutting_down() -> None:

@@ -3,7 +3,8 @@
 Shard headers name siblings by node id, while the configuration lists peers by address, so the
 node ids are learnt by asking every configured address `NodeInfo` (and cached; an unknown id
 triggers a re-ask, at most once per `refresh_s`, so a node that is down costs one timeout per
-refresh, not one per row). One channel per address, kept open. Row lists are split into
+refresh, not one per row). One channel per address, kept open, mutual TLS with the node's own
+certificate when `tls` is given (plaintext only for an `insecure` node). Row lists are split into
 `ReadRows` calls of at most 1024 rows. gRPC failures become orbitvault errors (`Unavailable` when
 a peer is down or too slow), which is what the scrubber expects in order to try other siblings.
 """
@@ -20,6 +21,7 @@ import grpc
 from orbitvault.errors import InvalidArgument, OrbitVaultError, Unavailable
 from orbitvault.grpc.convert import CHANNEL_OPTIONS, MAX_ROWS_PER_MESSAGE, row_read_from_proto
 from orbitvault.grpc.status import error_from_rpc
+from orbitvault.grpc.tls import TlsFiles, channel_credentials, open_channel
 from orbitvault.grpc.v1 import shard_store_pb2, shard_store_pb2_grpc
 from orbitvault.storage.store import RowRead
 
@@ -38,12 +40,14 @@ class GrpcPeerRows:
         refresh_s: float = 30.0,
         channel_factory: Callable[[str], grpc.Channel] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.addresses = tuple(dict.fromkeys(addresses))
         self.timeout_s = timeout_s
         self.info_timeout_s = info_timeout_s
         self.refresh_s = refresh_s
-        self._factory = channel_factory or (lambda addr: grpc.insecure_channel(addr, options=CHANNEL_OPTIONS))
+        creds = channel_credentials(tls) if tls is not None and channel_factory is None else None
+        self._factory = channel_factory or (lambda addr: open_channel(addr, None, CHANNEL_OPTIONS, credentials=creds))
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}

@@ -5,6 +5,10 @@ messages of about 1 MiB; every raised orbitvault error becomes its status in `st
 PutShard is all-or-nothing without an upload id (direct mode) and resumable with one (scheduled
 mode: rows commit as they arrive, HeadShard tells where to continue). ForwardShard arrives with
 the scheduler (issue 6) and is refused with FAILED_PRECONDITION until then.
+
+Authorization (mTLS, `tls.RoleCheck`): every call, write or read, needs a gateway or node
+certificate; a client certificate is refused with PERMISSION_DENIED before a byte of a stream is
+read. Clients reach data only through the gateway, which enforces tenants, keys and object lock.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from orbitvault import __version__
 from orbitvault.errors import DataLoss, FailedPrecondition, InvalidArgument, OrbitVaultError, Unavailable
 from orbitvault.grpc import convert
 from orbitvault.grpc.status import rpc_errors
+from orbitvault.grpc.tls import NODE_OR_GATEWAY, RoleCheck
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.grpc.v1 import shard_store_pb2_grpc
 from orbitvault.orbit.clock import Clock, WallClock
@@ -66,8 +71,10 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         repair: Repairer | None = None,
         max_concurrent_puts: int = 4,
         put_wait_s: float = 5.0,
+        roles: RoleCheck | None = None,
     ) -> None:
         self.store = store
+        self.roles = roles or RoleCheck(tls=False)
         self.identity = identity
         self.clock = clock or WallClock()
         self.repair = repair
@@ -110,12 +117,17 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
 
+    def _authorize(self, context: grpc.ServicerContext, method: str) -> None:
+        """Writes (PutShard, DeleteShard, ForwardShard) and reads alike: gateways and peer nodes only."""
+        self.roles.require(context, NODE_OR_GATEWAY, method)
+
     # --- PutShard -------------------------------------------------------------------------------
 
     @rpc_errors
     def PutShard(
         self, request_iterator: Iterator[pb.PutShardRequest], context: grpc.ServicerContext
     ) -> pb.PutShardResponse:
+        self._authorize(context, "PutShard")
         with self._put_slot():
             first = next(request_iterator, None)
             if first is None:
@@ -191,6 +203,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def GetShard(self, request: pb.GetShardRequest, context: grpc.ServicerContext) -> Iterator[pb.GetShardResponse]:
+        self._authorize(context, "GetShard")
         sid = convert.check_id(request.shard_id, "shard_id")
         header = self.store.header(sid)
         rows = convert.row_range(request, header.row_count)
@@ -258,6 +271,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def HeadShard(self, request: pb.HeadShardRequest, context: grpc.ServicerContext) -> pb.HeadShardResponse:
+        self._authorize(context, "HeadShard")
         sid = convert.check_id(request.shard_id, "shard_id")
         upload = self.store.upload_state(sid)
         if upload is not None:
@@ -266,6 +280,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def DeleteShard(self, request: pb.DeleteShardRequest, context: grpc.ServicerContext) -> pb.DeleteShardResponse:
+        self._authorize(context, "DeleteShard")
         sid = convert.check_id(request.shard_id, "shard_id")
         freed = self.store.delete(sid)
         if freed:
@@ -274,6 +289,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def ListShards(self, request: pb.ListShardsRequest, context: grpc.ServicerContext) -> pb.ListShardsResponse:
+        self._authorize(context, "ListShards")
         size = request.page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size {size} is above the maximum {MAX_PAGE_SIZE}")
@@ -299,6 +315,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def ReadRows(self, request: pb.ReadRowsRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadRowsResponse]:
+        self._authorize(context, "ReadRows")
         sid = convert.check_id(request.shard_id, "shard_id")
         header = self.store.header(sid)
         rows = convert.check_row_list(request.rows, header.row_count)
@@ -322,6 +339,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def NodeInfo(self, request: pb.NodeInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfoResponse:
+        self._authorize(context, "NodeInfo")
         return pb.NodeInfoResponse(
             node_id=self.store.node_id,
             name=self.identity.name,
@@ -372,6 +390,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def ForwardShard(self, request: pb.ForwardShardRequest, context: grpc.ServicerContext) -> pb.ForwardShardResponse:
+        self._authorize(context, "ForwardShard")
         raise FailedPrecondition(
             "ForwardShard (store-and-forward between nodes) arrives with scheduled mode (issue 6); "
             "this node serves direct mode only"

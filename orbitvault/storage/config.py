@@ -13,6 +13,10 @@ Schema (every key optional except `capacity`)::
     simulation = false                # mark a new store as a test/simulation store
     shutdown_grace_s = 30.0           # SIGTERM: how long in-flight puts may take to finish
     max_concurrent_puts = 4           # puts buffered at once (each holds up to one shard in memory)
+    tls_ca = "pki/ca.crt"             # mTLS: the CA that signs every peer (`orbitvault pki init`)
+    tls_cert = "pki/sat-a1.crt"       # this node's certificate (`orbitvault pki issue node sat-a1`)
+    tls_key = "pki/sat-a1.key"        # ... and its key; the three go together
+    insecure = false                  # plaintext gRPC, local development only; needed when no TLS is set
     [scrub]
     enabled_in_process = false        # run the scrubber inside `node serve`
     rate_mb_s = 0.0                   # verification rate limit in MB/s; 0 = unthrottled
@@ -93,6 +97,10 @@ class NodeConfig:
     simulation: bool = False
     shutdown_grace_s: float = 30.0
     max_concurrent_puts: int = 4
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(NodeConfig)}
@@ -239,7 +247,26 @@ def _build(raw: dict[str, tuple[Any, str]]) -> NodeConfig:
         simulation=get("simulation", _bool, False),
         shutdown_grace_s=get("shutdown_grace_s", _number(minimum=0.0, strict=False), 30.0),
         max_concurrent_puts=get("max_concurrent_puts", _int_range(1, 256), 4),
+        **check_tls_settings({k: get(k, _path, None) for k in TLS_KEYS}, get("insecure", _bool, False), "node"),
     )
+
+
+TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
+
+
+def check_tls_settings(files: dict[str, Path | None], insecure: bool, what: str) -> dict[str, Any]:
+    """The TLS keys of a node or gateway config: all three files or none, and not with insecure.
+
+    Whether a server may start without any (only with insecure) is decided when it binds, so
+    configs that never serve (tools, tests of other keys) load without TLS.
+    """
+    given = [k for k, v in files.items() if v is not None]
+    if given and len(given) != len(files):
+        missing = ", ".join(k for k in files if files[k] is None)
+        raise InvalidArgument(f"{what} TLS needs tls_ca, tls_cert and tls_key together; missing: {missing}")
+    if given and insecure:
+        raise InvalidArgument(f"{what} config sets TLS files and insecure = true; drop one")
+    return {**files, "insecure": insecure}
 
 
 def _name(value: Any, what: str) -> str:

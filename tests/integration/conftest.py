@@ -3,7 +3,9 @@
 - `make_shard(...)`: a shard made by the real erasure layer (`TestShard`: header, fragments,
   checksums, and the PutShard request stream for it).
 - `start_node(**config)`: an in-process node on 127.0.0.1:0 with its own data dir (`NodeClient`:
-  the running server plus a ShardStore stub and a few call helpers); stopped at teardown.
+  the running server plus a ShardStore stub and a few call helpers); stopped at teardown. Plaintext
+  (`insecure`, said explicitly as servers require) unless tls_* settings are given; then
+  `channel_tls` are the files the test's own stub connects with.
 - `node`: one such node with defaults.
 - `spawn_node(data_dir, ...)`: `orbitvault node serve` as a subprocess (`NodeProcess`), for crash
   and signal tests; killed at teardown if still running.
@@ -165,14 +167,24 @@ class _Nodes:
     started: list[NodeClient] = field(default_factory=list)
 
     def __call__(
-        self, data_dir: Path | None = None, *, repair: Any = None, peers: Any = None, **settings: Any
+        self,
+        data_dir: Path | None = None,
+        *,
+        repair: Any = None,
+        peers: Any = None,
+        channel_tls: Any = None,
+        **settings: Any,
     ) -> NodeClient:
+        from orbitvault.grpc.tls import open_channel
+
         data_dir = data_dir or self.tmp / f"node{len(self.started)}"
         values: dict[str, Any] = {"capacity": "1GiB", "listen": "127.0.0.1:0", "data_dir": str(data_dir)}
+        if not any(k.startswith("tls_") for k in settings):
+            values["insecure"] = True
         values.update(settings)
         config = load_node_config(None, env={}, overrides=values)
         server = serve(config, repair=repair, peers=peers)
-        channel = grpc.insecure_channel(server.address, options=convert.CHANNEL_OPTIONS)
+        channel = open_channel(server.address, channel_tls, convert.CHANNEL_OPTIONS)
         client = NodeClient(server, channel, shard_store_pb2_grpc.ShardStoreStub(channel), data_dir)
         self.started.append(client)
         return client
@@ -235,6 +247,8 @@ class _Spawner:
     def __call__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> NodeProcess:
         cmd = [sys.executable, "-m", "orbitvault", "node", "serve", "--data-dir", str(data_dir)]
         cmd += ["--capacity", "1GiB", "--listen", "127.0.0.1:0", *args]
+        if not any(a.startswith("--tls-") for a in args):
+            cmd.append("--insecure")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ORBITVAULT_NODE_")}
         full_env.update(env or {})
         log_path = data_dir.parent / f"{data_dir.name}.{len(self.started)}.log"
@@ -293,6 +307,7 @@ class Constellation:
     master_key_file: Path
     _start_node: _Nodes
     gateways: list[Any] = field(default_factory=list)
+    node_settings: dict[str, Any] = field(default_factory=dict)  # e.g. TLS files, reused on restart
     clients: list[Any] = field(default_factory=list)
 
     @property
@@ -313,6 +328,8 @@ class Constellation:
             "repair_interval_s": 3600.0,
             "io_threads": 16,
         }
+        if not any(k.startswith("tls_") for k in settings):
+            values["insecure"] = True
         values.update(settings)
         return GatewayConfig(**values)
 
@@ -332,6 +349,10 @@ class Constellation:
             f"pending_ttl_s = {cfg.pending_ttl_s}",
             f"io_threads = {cfg.io_threads}",
         ]
+        if cfg.insecure:
+            lines.append("insecure = true")
+        else:
+            lines += [f'tls_ca = "{cfg.tls_ca}"', f'tls_cert = "{cfg.tls_cert}"', f'tls_key = "{cfg.tls_key}"']
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -348,6 +369,8 @@ class Constellation:
 
         kwargs.setdefault("retries", 1)
         kwargs.setdefault("backoff_s", 0.05)
+        if not {"tls", "credentials", "channel"} & kwargs.keys():
+            kwargs.setdefault("insecure", True)
         c = ObjectStoreClient(address, token, **kwargs)
         self.clients.append(c)
         return c
@@ -361,7 +384,12 @@ class Constellation:
         old = self.nodes[i]
         port = old.address.rpartition(":")[2]
         self.nodes[i] = self._start_node(
-            old.data_dir, listen=f"127.0.0.1:{port}", simulation=True, plane=str(i % 3), name=f"sat-{i}"
+            old.data_dir,
+            listen=f"127.0.0.1:{port}",
+            simulation=True,
+            plane=str(i % 3),
+            name=f"sat-{i}",
+            **self.node_settings,
         )
         return self.nodes[i]
 

@@ -69,14 +69,14 @@ def test_kill_9_during_puts_loses_nothing_acknowledged_and_leaves_no_orphans(
     sky = constellation
     config, token = _setup(sky)
     gp = spawn_gateway(config)
-    with ObjectStoreClient(gp.address, token, retries=0) as c:
+    with ObjectStoreClient(gp.address, token, retries=0, insecure=True) as c:
         c.create_bucket("crash")
     acked: set[str] = set()
     tried: set[str] = set()
     stop = threading.Event()
 
     def writer(n: int) -> None:
-        with ObjectStoreClient(gp.address, token, retries=0, timeout_s=10) as c:
+        with ObjectStoreClient(gp.address, token, retries=0, timeout_s=10, insecure=True) as c:
             i = 0
             while not stop.is_set():
                 key = f"w{n}-{i:04d}"
@@ -102,7 +102,7 @@ def test_kill_9_during_puts_loses_nothing_acknowledged_and_leaves_no_orphans(
 
     gp2 = spawn_gateway(config)
     _wait_for_log(gp2, "gc done")  # the dead process's pending uploads are collected at start
-    with ObjectStoreClient(gp2.address, token, retries=2) as c:
+    with ObjectStoreClient(gp2.address, token, retries=2, insecure=True) as c:
         listed = {o.key for o in c.list("crash")}
         assert acked <= listed, f"acknowledged objects missing: {sorted(acked - listed)}"
         for key in listed:  # acknowledged or not, whatever is visible is whole
@@ -121,7 +121,7 @@ def test_sigterm_lets_a_running_put_finish_and_exits_cleanly(constellation: Any,
     gp = spawn_gateway(config)
     data = random.Random(7).randbytes(20 * PPS)
     outcome: dict[str, Any] = {}
-    with ObjectStoreClient(gp.address, token, retries=0) as c:
+    with ObjectStoreClient(gp.address, token, retries=0, insecure=True) as c:
         c.create_bucket("graceful")
 
         def slow_source() -> Any:
@@ -140,7 +140,7 @@ def test_sigterm_lets_a_running_put_finish_and_exits_cleanly(constellation: Any,
     log = gp.log()
     assert "signal=SIGTERM" in log and "gateway stopped" in log and "Traceback" not in log
     gp2 = spawn_gateway(config)
-    with ObjectStoreClient(gp2.address, token) as c:
+    with ObjectStoreClient(gp2.address, token, insecure=True) as c:
         assert c.get("graceful", "big") == data
         st = c.gateway_status()
         assert len(st.nodes) == len(sky.nodes)
@@ -173,5 +173,5 @@ def test_cli_admin_commands_and_errors(constellation: Any, tmp_path: Path) -> No
         cli, ["gateway", "tenant", "create", "other", "--config", str(config), "--master-key-file", str(key_file)]
     )
     assert wrong_master.exit_code == 1 and "master key" in wrong_master.output
-    no_status = runner.invoke(cli, ["gateway", "status", "--address", "127.0.0.1:1", "--api-key", token])
+    no_status = runner.invoke(cli, ["gateway", "status", "--address", "127.0.0.1:1", "--api-key", token, "--insecure"])
     assert no_status.exit_code == 1 and "Traceback" not in no_status.output

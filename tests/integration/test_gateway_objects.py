@@ -177,11 +177,11 @@ def test_key_modes_and_authentication(gw: Any) -> None:
     assert gw.client.get("modes", "appended") == b"z"
     address = gw.server.address
     for token in ("", "not-a-key", "ovk_" + "0" * 16 + "_" + "0" * 64, "x" * 5000):
-        with ObjectStoreClient(address, token, retries=0) as bad, pytest.raises(Unauthenticated):
+        with ObjectStoreClient(address, token, retries=0, insecure=True) as bad, pytest.raises(Unauthenticated):
             bad.head("modes", "existing")
     # A revoked key stops working at once.
     key = gw.gateway.create_api_key("acme")
-    with ObjectStoreClient(address, key.token, retries=0) as revoked:
+    with ObjectStoreClient(address, key.token, retries=0, insecure=True) as revoked:
         assert revoked.get("modes", "existing") == b"x"
         gw.gateway.delete_api_key(key.key_id)
         with pytest.raises(Unauthenticated):
@@ -304,7 +304,7 @@ def test_bad_inputs_get_the_right_status(gw: Any) -> None:
 
 def test_sdk_retries_unavailable_with_backoff_only_when_it_may() -> None:
     slept: list[float] = []
-    with ObjectStoreClient("127.0.0.1:1", "ovk_x", retries=3, backoff_s=0.1, sleep=slept.append) as c:
+    with ObjectStoreClient("127.0.0.1:1", "ovk_x", retries=3, backoff_s=0.1, sleep=slept.append, insecure=True) as c:
         with pytest.raises(Unavailable):
             c.head("bucket", "key")
         assert len(slept) == 3 and slept[0] <= 0.1 and slept[2] > slept[0]
@@ -403,7 +403,7 @@ def test_sdk_resumes_an_interrupted_get_on_the_same_version() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with ObjectStoreClient(f"127.0.0.1:{port}", "ovk_x", retries=2, backoff_s=0.01) as c:
+        with ObjectStoreClient(f"127.0.0.1:{port}", "ovk_x", retries=2, backoff_s=0.01, insecure=True) as c:
             assert c.get("bucket", "k", offset=500, length=8000) == data[500:8500]
     finally:
         server.stop(0)

@@ -149,6 +149,8 @@ def test_cli_reports_a_busy_port_without_a_traceback(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = _cli("--data-dir", str(tmp_path / "d"), "--capacity", "1GiB", "--listen", f"127.0.0.1:{port}")
+        result = _cli(
+            "--data-dir", str(tmp_path / "d"), "--capacity", "1GiB", "--listen", f"127.0.0.1:{port}", "--insecure"
+        )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

@@ -122,7 +122,7 @@ def test_node_scrub_process_beside_a_serving_node(grid: tuple[list[Any], Cluster
     assert [r.status for r in n.store.read_rows(sid, [1])] == [RowStatus.DAMAGED]
     config = tmp_path / "scrub.toml"
     peers = ", ".join(f'"{m.address}"' for m in nodes[1:])
-    config.write_text(f'data_dir = "{n.data_dir}"\ncapacity = "1GiB"\npeers = [{peers}]\n')
+    config.write_text(f'data_dir = "{n.data_dir}"\ncapacity = "1GiB"\npeers = [{peers}]\ninsecure = true\n')
     proc = subprocess.run(
         [sys.executable, "-m", "orbitvault", "node", "scrub", "--config", str(config), "--once", "--json"],
         capture_output=True,
@@ -163,6 +163,7 @@ def test_get_shard_repairs_a_damaged_row_from_configured_peers(grid: tuple[list[
             "listen": "127.0.0.1:0",
             "data_dir": str(home.data_dir),
             "peers": [n.address for j, n in enumerate(nodes) if j != home_index],
+            "insecure": True,
         },
     )
     with serve(config) as server:
