@@ -49,7 +49,7 @@ def machine() -> str:
 
 
 def start_node(data_dir: str, capacity: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "orbitvault", "node", "serve", "--data-dir", data_dir]
+    cmd = [sys.executable, "-m", "orbitvault", "node", "serve", "--data-dir", data_dir, "--insecure"]
     cmd += ["--capacity", str(capacity), "--listen", "127.0.0.1:0", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

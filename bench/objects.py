@@ -56,7 +56,7 @@ def _listening(proc: subprocess.Popen[str], what: str) -> str:
 
 
 def start_node(data_dir: str, plane: str, capacity: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "orbitvault", "node", "serve", "--data-dir", data_dir]
+    cmd = [sys.executable, "-m", "orbitvault", "node", "serve", "--data-dir", data_dir, "--insecure"]
     cmd += ["--capacity", str(capacity), "--listen", "127.0.0.1:0", "--log-level", "warning"]
     env = {**os.environ, "ORBITVAULT_NODE_PLANE": plane, "ORBITVAULT_NODE_NAME": os.path.basename(data_dir)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -68,7 +68,7 @@ def write_config(tmp: str, nodes: list[str]) -> str:
     MasterKey.generate().write_file(key_file)
     path = os.path.join(tmp, "gateway.toml")
     with open(path, "w") as f:
-        f.write(f'state_dir = "{os.path.join(tmp, "gateway")}"\nlisten = "127.0.0.1:0"\n')
+        f.write(f'state_dir = "{os.path.join(tmp, "gateway")}"\nlisten = "127.0.0.1:0"\ninsecure = true\n')
         f.write("nodes = [" + ", ".join(f'"{a}"' for a in nodes) + "]\n")
         f.write(f'master_key_file = "{key_file}"\nrepair_interval_s = 3600\n')
     return path
@@ -131,7 +131,7 @@ def run_layout(n_nodes: int, k: int, m: int, size: int, repeat: int, block: byte
         address = _listening(gw, "gateway")
         want = expected_blake3(size, block)
         best = {"put": 0.0, "get": 0.0}
-        with ObjectStoreClient(address, token) as c:
+        with ObjectStoreClient(address, token, insecure=True) as c:
             c.create_bucket("bench", storage_class=StorageClass(k, m))
             c.put("bench", "warm-up", b"x" * CHUNK)
             for r in range(repeat):

@@ -98,6 +98,8 @@ class GatewayConfig:
     ids_window_s: float = 60.0
     ids_auth_failures: int = 20
     ids_mass_deletes: int = 100
+    # The `[rest]` table: restic's REST endpoint served beside gRPC (orbitvault.rest.config reads it).
+    rest: Mapping[str, Any] | None = None
 
     @property
     def audit_path(self) -> Path:
@@ -143,6 +145,12 @@ def load_gateway_config(
             _check_key(key, "flags")
             raw[key] = (value, f"flag --{key.replace('_', '-')}")
     return _build(raw)
+
+
+def _table(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{what} must be a TOML table ([rest] ...), got {value!r}")
+    return dict(value)
 
 
 def _check_key(key: str, source: str) -> None:
@@ -197,6 +205,7 @@ def _build(raw: dict[str, tuple[Any, str]]) -> GatewayConfig:
         ids_window_s=get("ids_window_s", _positive, 60.0),
         ids_auth_failures=get("ids_auth_failures", _int_range(1, 10**9), 20),
         ids_mass_deletes=get("ids_mass_deletes", _int_range(1, 10**9), 100),
+        rest=get("rest", _table, None),
         **check_tls_settings({k: get(k, _path, None) for k in TLS_KEYS}, get("insecure", _bool, False), "gateway"),
     )
 

@@ -224,6 +224,7 @@ class GatewayServer:
     _server: grpc.Server
     maintenance: Maintenance | None = None
     _metrics: Any = None
+    rest: Any = None  # the restic REST endpoint (orbitvault.rest.server.RestServer) when [rest] is set
     _stopped: bool = field(default=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -243,6 +244,8 @@ class GatewayServer:
         log.info("gateway stopping grace_s=%g puts_in_flight=%d", grace, self.counters.puts_in_flight)
         self.health.enter_graceful_shutdown()
         self.service.stop_accepting_puts()
+        if self.rest is not None:
+            self.rest.stop(grace)
         self._server.stop(grace).wait()
         if self.maintenance is not None and not self.maintenance.stop(_UNWIND_S):
             log.warning("gateway maintenance still busy at shutdown; leaving it to process exit")
@@ -353,11 +356,34 @@ def _start(
         up,
         os.getpid(),
     )
+    rest = _start_rest(config, gateway) if config.rest is not None else None
     if maint is not None:
         maint.start()
     return GatewayServer(
-        config, gateway, directory, service, health_service, port, address, shutdown_grace_s, server, maint, metrics
+        config,
+        gateway,
+        directory,
+        service,
+        health_service,
+        port,
+        address,
+        shutdown_grace_s,
+        server,
+        maint,
+        metrics,
+        rest,
     )
+
+
+def _start_rest(config: GatewayConfig, gateway: Gateway) -> Any:
+    """restic's REST endpoint on the same facade (same catalog, keys, audit), from the [rest] table."""
+    from orbitvault.rest.config import load_rest_settings
+    from orbitvault.rest.server import serve_rest
+
+    settings = load_rest_settings(config.rest, source="[rest] of the gateway config", gateway=config)
+    rest = serve_rest(gateway, settings)
+    log.info("rest serving url=%s", rest.url)
+    return rest
 
 
 def run(
@@ -383,6 +409,8 @@ def run(
         try:
             if announce is not None:
                 announce(gw.address)
+                if gw.rest is not None:
+                    announce(f"{gw.rest.url} (restic REST)")
             while not stop.wait(0.5):
                 pass
         finally:
