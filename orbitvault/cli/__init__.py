@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from orbitvault import __version__
+from orbitvault.cli.backup import register as register_backup
 from orbitvault.cli.demo import demo
 from orbitvault.cli.gateway import gateway
 from orbitvault.cli.node import node
@@ -28,6 +29,7 @@ cli.add_command(gateway)
 cli.add_command(node)
 cli.add_command(orbit)
 cli.add_command(pki)
+register_backup(cli)
 
 
 def main() -> None:

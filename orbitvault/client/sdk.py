@@ -37,7 +37,7 @@ from typing import IO, Any, TypeVar
 import blake3
 import grpc
 
-from orbitvault.errors import InvalidArgument, OrbitVaultError, Unavailable
+from orbitvault.errors import DataLoss, InvalidArgument, OrbitVaultError, Unavailable
 from orbitvault.grpc.status import error_from_rpc
 from orbitvault.grpc.tls import TlsFiles, channel_credentials, client_tls
 from orbitvault.grpc.v1 import common_pb2, object_store_pb2_grpc
@@ -104,6 +104,7 @@ _MODE_TO_PB = {
     RetentionMode.COMPLIANCE: pb.RETENTION_MODE_COMPLIANCE,
 }
 _MODE_FROM_PB = {v: k for k, v in _MODE_TO_PB.items()}
+_PUT_MODES = {None: pb.PUT_MODE_UNSPECIFIED, "direct": pb.PUT_MODE_DIRECT, "scheduled": pb.PUT_MODE_SCHEDULED}
 _DURABILITY_FROM_PB = {
     pb.DURABILITY_STATE_UNSPECIFIED: DurabilityState.UNSPECIFIED,
     pb.DURABILITY_STATE_QUEUED: DurabilityState.QUEUED,
@@ -192,6 +193,8 @@ class ObjectStatus:
     stripes_recoverable: int
     predicted_durable_unix_ms: int
     lost_ranges: list[tuple[int, int]]  # (offset, length)
+    durable_bound_unix_ms: int = 0  # lower bound for predicted_durable_unix_ms
+    stripe_min_in_orbit: int = 0  # fewest shards in orbit of any stripe
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,7 @@ class RestoreStatus:
     ready: bool
     eta_unix_ms: int
     expires_unix_ms: int
+    eta_bound_unix_ms: int = 0  # lower bound for eta_unix_ms (downlink window capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +234,14 @@ class GatewayStatus:
     repair: RepairBacklog
     spooled_shards: int
     spooled_bytes: int
-    gateway_time_unix_ms: int
+    gateway_time_unix_ms: int  # the gateway's clock: simulated time when simulated_clock
     version: str
+    mode: str = ""
+    simulated_clock: bool = False
+    backlog_bytes: int = 0
+    backlog_durable_unix_ms: int = 0  # RPO: when the spooled backlog is DURABLE per the plan
+    backlog_bound_unix_ms: int = 0  # ... and the capacity lower bound for it
+    restores_in_progress: int = 0
 
 
 def _storage_class(g: common_pb2.Geometry) -> StorageClass:
@@ -673,12 +683,15 @@ class ObjectStoreClient:
         customer_key: bytes | None = None,
         content_blake3: bytes | None = None,
         mfa: str | None = None,
+        mode: str | None = None,
     ) -> ObjectInfo:
         """Store an object from bytes, a binary file object or an iterable of byte chunks.
 
         Replaces the key's current object (unless it is locked; with tenant MFA replacing needs
         `mfa` or a session). Give `size` when known: the gateway then refuses a stream of a
-        different length and stores nothing.
+        different length and stores nothing. `mode` "direct" or "scheduled" (None: the gateway's
+        default): a scheduled put returns once the data is durably spooled on the ground (QUEUED);
+        `wait_durable` waits until it is all in orbit.
         """
         source = _source(data, size, self.chunk_size)
         return self._put(
@@ -692,6 +705,7 @@ class ObjectStoreClient:
             customer_key=customer_key,
             content_blake3=content_blake3,
             mfa=mfa,
+            mode=mode,
         )
 
     def put_file(self, bucket: str, key: str, path: str | os.PathLike[str], **kwargs: Any) -> ObjectInfo:
@@ -718,7 +732,10 @@ class ObjectStoreClient:
         customer_key: bytes | None = None,
         content_blake3: bytes | None = None,
         mfa: str | None = None,
+        mode: str | None = None,
     ) -> ObjectInfo:
+        if mode not in _PUT_MODES:
+            raise InvalidArgument(f"put mode must be 'direct', 'scheduled' or None, got {mode!r}")
         start = pb.PutObjectStart(
             bucket=bucket,
             key=key,
@@ -726,6 +743,7 @@ class ObjectStoreClient:
             metadata=dict(metadata or {}),
             legal_hold=legal_hold,
             content_blake3=content_blake3 or b"",
+            mode=_PUT_MODES[mode],
         )
         if source.size is not None:
             start.size = source.size
@@ -917,12 +935,71 @@ class ObjectStoreClient:
             stripes_recoverable=r.stripes_recoverable,
             predicted_durable_unix_ms=r.predicted_durable_unix_ms,
             lost_ranges=[(x.offset, x.length) for x in r.lost_ranges],
+            durable_bound_unix_ms=r.durable_bound_unix_ms,
+            stripe_min_in_orbit=r.stripe_min_in_orbit,
         )
 
+    def wait_durable(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version_id: bytes | None = None,
+        timeout_s: float = 600.0,
+        poll_s: float = 0.2,
+        on_progress: Callable[[ObjectStatus], None] | None = None,
+    ) -> ObjectStatus:
+        """Poll GetObjectStatus until the object is DURABLE (all k+m shards in orbit).
+
+        Polls every `poll_s` real seconds (a gateway on a simulated clock moves through a day of
+        passes in seconds, so the wait is short); `on_progress` sees every answer. Raises
+        Unavailable after `timeout_s`, DataLoss if the object is LOST.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.status(bucket, key, version_id=version_id)
+            if on_progress is not None:
+                on_progress(st)
+            if st.state is DurabilityState.DURABLE:
+                return st
+            if st.state is DurabilityState.LOST:
+                raise DataLoss(f"object {key!r} is LOST: ranges {st.lost_ranges} cannot be recovered")
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"object {key!r} is still {st.state.value} after {timeout_s:g}s "
+                    f"({st.shards_in_orbit} of {st.shards_total} shards in orbit)"
+                )
+            time.sleep(poll_s)
+
     def restore(self, bucket: str, key: str, *, version_id: bytes | None = None, keep_for_ms: int = 0) -> RestoreStatus:
+        """Stage an object whose shards are only reachable in future contact windows: READY now,
+        or IN_PROGRESS with the ETA the gateway's contact plan gives (call again to poll)."""
         req = pb.RestoreObjectRequest(bucket=bucket, key=key, version_id=version_id or b"", keep_for_ms=keep_for_ms)
         r = self._unary("RestoreObject", req)
-        return RestoreStatus(r.state == pb.RESTORE_STATE_READY, r.eta_unix_ms, r.expires_unix_ms)
+        return RestoreStatus(r.state == pb.RESTORE_STATE_READY, r.eta_unix_ms, r.expires_unix_ms, r.eta_bound_unix_ms)
+
+    def wait_ready(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version_id: bytes | None = None,
+        keep_for_ms: int = 0,
+        timeout_s: float = 600.0,
+        poll_s: float = 0.2,
+        on_progress: Callable[[RestoreStatus], None] | None = None,
+    ) -> RestoreStatus:
+        """Restore an object and poll until it is READY (then `get` reads it); see `restore`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.restore(bucket, key, version_id=version_id, keep_for_ms=keep_for_ms)
+            if on_progress is not None:
+                on_progress(st)
+            if st.ready:
+                return st
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"restore of {key!r} not ready after {timeout_s:g}s (ETA {st.eta_unix_ms} unix ms)")
+            time.sleep(poll_s)
 
     def gateway_status(self) -> GatewayStatus:
         """Nodes as the gateway sees them and the repair backlog."""
@@ -946,7 +1023,20 @@ class ObjectStoreClient:
         repair = RepairBacklog(
             rb.shards_missing, rb.rows_damaged, rb.bytes_pending, rb.stripes_at_risk, rb.oldest_pending_unix_ms
         )
-        return GatewayStatus(nodes, repair, r.spooled_shards, r.spooled_bytes, r.gateway_time_unix_ms, r.version)
+        return GatewayStatus(
+            nodes,
+            repair,
+            r.spooled_shards,
+            r.spooled_bytes,
+            r.gateway_time_unix_ms,
+            r.version,
+            r.mode,
+            r.simulated_clock,
+            r.backlog_bytes,
+            r.backlog_durable_unix_ms,
+            r.backlog_bound_unix_ms,
+            r.restores_in_progress,
+        )
 
 
 def blake3_of(data: bytes | IO[bytes]) -> bytes:

@@ -1,0 +1,332 @@
+"""Backup client against restic on the same data, in the same run (issue 5, design section 5).
+
+Builds (once, cached under bench/out/) a mixed data set of `--size` bytes: source text (copies of
+the Python standard library with one random line inserted per copy, so copies do not dedupe
+whole), binaries (shared libraries and executables, with a random tail per copy) and ~30% random
+data in files of 4 KiB..32 MiB, spread over nested directories. Then, for restic (the Debian
+package; skipped with a message when absent) and orbitvault, each into a fresh local repository:
+
+  first      backup of the whole tree
+  unchanged  backup again, nothing changed
+  modified   backup after rewriting ~5% of the bytes (the same files for both tools)
+  restore    restore the latest snapshot into an empty directory
+  check      check --read-data
+
+Steps alternate between the tools and run --repeat times (the best time is kept; "modified"
+runs once), because the disk of a shared machine is noisy; `sync` runs before every step and the
+page cache is warmed before the first backups, so both tools read from memory alike. Reported
+per step: seconds, MB/s of the data set (MB = 10^6 bytes), peak RSS of the tool's process
+(wait4), and the repository size. The orbit:// (local constellation) column is reported as
+skipped until the gateway backend is wired.
+
+Usage: python bench/backup.py [--size 1GiB] [--tools restic,orbitvault] [--repeat 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+OUT = Path(__file__).resolve().parent / "out"
+PASSWORD = "bench-password"
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(s: str) -> int:
+    s = s.strip().lower().removesuffix("ib").removesuffix("b")
+    if s and s[-1] in _UNITS:
+        return int(float(s[:-1]) * _UNITS[s[-1]])
+    return int(s)
+
+
+# --- data set ------------------------------------------------------------------------------------
+
+
+def _sources() -> tuple[list[Path], list[Path]]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = [p for p in stdlib.rglob("*") if p.suffix in (".py", ".txt", ".rst", ".c", ".h", ".json") and p.is_file()]
+    bins: list[Path] = []
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/bin", sysconfig.get_paths()["platlib"]):
+        root = Path(d)
+        if root.exists():
+            bins += [
+                p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and 4096 < p.stat().st_size < 64 << 20
+            ]
+    return sorted(text), sorted(bins)
+
+
+def build_dataset(root: Path, size: int, seed: int = 42) -> None:
+    rng = random.Random(seed)
+    text, bins = _sources()
+    if not text or not bins:
+        raise SystemExit("no source files to build the data set from")
+    budget = {"text": int(size * 0.45), "bin": int(size * 0.25), "random": size - int(size * 0.45) - int(size * 0.25)}
+    n = 0
+
+    def dest() -> Path:
+        nonlocal n
+        n += 1
+        d = root / f"d{n // 400:03}" / f"s{(n // 20) % 20:02}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"f{n:06}"
+
+    copy = 0
+    while budget["text"] > 0:
+        copy += 1
+        for src in text:
+            data = src.read_bytes()
+            lines = data.split(b"\n")
+            lines.insert(rng.randrange(len(lines) + 1), b"# copy %d %x" % (copy, rng.getrandbits(64)))
+            out = b"\n".join(lines)
+            (dest().with_suffix(src.suffix)).write_bytes(out)
+            budget["text"] -= len(out)
+            if budget["text"] <= 0:
+                break
+    while budget["bin"] > 0:
+        for src in bins:
+            data = src.read_bytes() + rng.randbytes(64)
+            dest().write_bytes(data)
+            budget["bin"] -= len(data)
+            if budget["bin"] <= 0:
+                break
+    while budget["random"] > 0:
+        k = min(int(2 ** rng.uniform(12, 25)), budget["random"])
+        dest().write_bytes(os.urandom(k))
+        budget["random"] -= k
+
+
+def dataset(size: int) -> Path:
+    root = OUT / f"dataset-{size}"
+    stamp = root / ".complete"
+    if not stamp.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.monotonic()
+        print(f"building a {size / 2**20:.0f} MiB data set in {root} ...", file=sys.stderr)
+        build_dataset(root / "tree", size)
+        stamp.write_text("ok")
+        print(f"  done in {time.monotonic() - t:.0f}s", file=sys.stderr)
+    return root / "tree"
+
+
+def tree_stats(root: Path) -> tuple[int, int]:
+    files = total = 0
+    for dirpath, _d, names in os.walk(root):
+        for name in names:
+            files += 1
+            total += os.lstat(os.path.join(dirpath, name)).st_size
+    return files, total
+
+
+def warm(root: Path) -> None:
+    for dirpath, _d, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+
+
+def modify(root: Path, fraction: float, seed: int = 7) -> int:
+    """Rewrite a block in the middle of files until `fraction` of the bytes are touched."""
+    rng = random.Random(seed)
+    files = sorted(Path(d) / n for d, _s, names in os.walk(root) for n in names)
+    rng.shuffle(files)
+    _n, total = tree_stats(root)
+    touched = 0
+    for f in files:
+        size = f.stat().st_size
+        with open(f, "r+b") as fh:
+            block = max(1, min(size, 64 * 1024))
+            fh.seek(rng.randrange(max(1, size - block + 1)))
+            fh.write(os.urandom(block))
+        touched += size
+        if touched >= fraction * total:
+            break
+    return touched
+
+
+# --- running tools -------------------------------------------------------------------------------
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Seconds and peak RSS (MiB) of one command (wait4 on exactly that child).
+
+    Dirty pages are written back first, so no step pays for the previous step's writes.
+    """
+    os.sync()
+    t = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(p.pid, 0)
+    dt = time.monotonic() - t
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err[-2000:]}")
+    return dt, usage.ru_maxrss // 1024
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class Tool:
+    name = ""
+
+    def __init__(self, work: Path) -> None:
+        self.repo = work / f"repo-{self.name}"
+        self.env = dict(os.environ)
+
+    def init(self) -> list[str]:
+        raise NotImplementedError
+
+    def backup(self, src: Path) -> list[str]:
+        raise NotImplementedError
+
+    def restore(self, target: Path) -> list[str]:
+        raise NotImplementedError
+
+    def check(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.env |= {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(self.repo)}
+        self.cache = ["--cache-dir", str(work / "restic-cache")]
+
+    def init(self) -> list[str]:
+        return ["restic", "init", *self.cache]
+
+    def backup(self, src: Path) -> list[str]:
+        return ["restic", "backup", "--quiet", *self.cache, str(src)]
+
+    def restore(self, target: Path) -> list[str]:
+        return ["restic", "restore", "latest", "--quiet", *self.cache, "--target", str(target)]
+
+    def check(self) -> list[str]:
+        return ["restic", "check", "--read-data", *self.cache]
+
+
+class OrbitVault(Tool):
+    name = "orbitvault"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.env |= {"ORBITVAULT_PASSWORD": PASSWORD, "ORBITVAULT_REPOSITORY": f"local:{self.repo}"}
+        self.ov = [sys.executable, "-m", "orbitvault"]
+
+    def init(self) -> list[str]:
+        return [*self.ov, "init", "-q"]
+
+    def backup(self, src: Path) -> list[str]:
+        return [*self.ov, "backup", "-q", str(src)]
+
+    def restore(self, target: Path) -> list[str]:
+        return [*self.ov, "restore", "latest", "-q", "--target", str(target)]
+
+    def check(self) -> list[str]:
+        return [*self.ov, "check", "-q", "--read-data"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1GiB")
+    ap.add_argument("--tools", default="restic,orbitvault")
+    ap.add_argument("--repeat", type=int, default=3, help="Runs per step (best kept); 'modified' runs once.")
+    ap.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    ap.add_argument("--keep", action="store_true", help="Keep the repositories (in a temp dir) for inspection.")
+    args = ap.parse_args()
+    size_req = parse_size(args.size)
+    base = dataset(size_req)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if "restic" in tools and shutil.which("restic") is None:
+        print("restic is not installed (apt-get install -y restic): skipping restic", file=sys.stderr)
+        tools.remove("restic")
+    work = Path(tempfile.mkdtemp(prefix="ov-bench-", dir=OUT))
+    results: dict[str, dict] = {}
+    try:
+        src = work / "data"
+        shutil.copytree(base, src, symlinks=True)
+        files, size = tree_stats(src)
+        print(f"data set: {files} files, {size / 2**20:.0f} MiB; {common.machine()}", file=sys.stderr)
+        warm(src)
+        ts = {"restic": Restic, "orbitvault": OrbitVault}
+        insts = {name: ts[name](work) for name in tools}
+
+        def step(t: Tool, name: str, cmd: list[str]) -> None:
+            dt, rss = run(cmd, t.env)
+            cur = results.setdefault(t.name, {}).get(name)
+            if cur is None or dt < cur["seconds"]:
+                results[t.name][name] = {
+                    "seconds": round(dt, 3),
+                    "mb_s": round(size / dt / 1e6, 1),
+                    "peak_rss_mib": max(rss, cur["peak_rss_mib"] if cur else 0),
+                }
+            print(f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB", file=sys.stderr)
+
+        # Steps alternate between the tools and repeat (best time kept): the disk of a shared
+        # machine is noisy, and neither tool should pay for the other's write-back.
+        for _ in range(args.repeat):
+            for t in insts.values():
+                shutil.rmtree(t.repo, ignore_errors=True)
+                run(t.init(), t.env)
+                step(t, "first", t.backup(src))
+                results[t.name]["first"]["repo_mib"] = round(du(t.repo) / 2**20, 1)
+        for _ in range(args.repeat):
+            for t in insts.values():
+                step(t, "unchanged", t.backup(src))
+        touched = modify(src, 0.05)
+        print(f"modified {touched / 2**20:.0f} MiB of files", file=sys.stderr)
+        warm(src)
+        for t in insts.values():
+            step(t, "modified", t.backup(src))
+            results[t.name]["modified"]["repo_mib"] = round(du(t.repo) / 2**20, 1)
+        # Restore targets are deleted only at the end: ext4 allocates inodes slowly right after
+        # mass deletion (recently_deleted scans), which would tax whichever tool comes next.
+        for k in range(args.repeat):
+            for t in insts.values():
+                step(t, "restore", t.restore(work / f"restore-{t.name}-{k}"))
+        for _ in range(args.repeat):
+            for t in insts.values():
+                step(t, "check", t.check())
+        results["orbit"] = {"skipped": "the orbit:// backend (local constellation) is not wired yet"}
+        if "restic" in results and "orbitvault" in results:
+            r, o = results["restic"], results["orbitvault"]
+            results["ratio_orbitvault_to_restic"] = {
+                k: round(r[k]["seconds"] / o[k]["seconds"], 2) for k in r if isinstance(r[k], dict) and k in o
+            }
+        results["dataset"] = {"files": files, "bytes": size}
+        results["machine"] = common.machine()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    (OUT / "backup.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"\n{results['machine']}; {files} files, {size / 1e6:.0f} MB")
+        print(f"{'step':10} " + " ".join(f"{t:>24}" for t in insts) + "   ratio (restic s / orbitvault s)")
+        for k in ("first", "unchanged", "modified", "restore", "check"):
+            cells = [
+                f"{results[t][k]['seconds']:7.2f}s {results[t][k]['mb_s']:6.1f}MB/s {results[t][k]['peak_rss_mib']:4}M"
+                for t in insts
+            ]
+            ratio = results.get("ratio_orbitvault_to_restic", {}).get(k, "")
+            print(f"{k:10} " + " ".join(f"{c:>24}" for c in cells) + f"   {ratio}")
+
+
+if __name__ == "__main__":
+    main()

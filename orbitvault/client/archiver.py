@@ -1,0 +1,683 @@
+"""backup: walk paths, cut, dedupe, compress, seal, pack, upload, write the snapshot.
+
+Pipeline (bounded, both cores busy):
+
+- the main thread walks the file system (lstat, excludes, parent-snapshot comparison), reads
+  and hashes small files itself (a few microseconds of Python each: handing every small file to
+  another thread would cost more in GIL hand-offs than it saves), and passes the new blobs in
+  batches of ~64 to the pool for compression and sealing; a small file's node is complete as
+  soon as it is hashed, so directories never wait for small files;
+- files above `inline_limit` go to the pool whole: reading, FastCDC, blake3, zstandard and
+  AES-GCM all release the GIL on large buffers, so pool threads run on the other core;
+- sealed blobs are appended to packs by whichever thread made them (a memcpy under a lock);
+  full packs go to one uploader thread, which stores them and writes index batches.
+
+Memory stays bounded: at most `max_inflight` large files are in flight, a pool thread holds at
+most a 2 x max-chunk read buffer, the uploader queue holds two packs, and directories wait for
+their files in a bounded FIFO.
+
+Unchanged files (same type, size, mtime, ctime and inode as in the parent snapshot, and every
+chunk still indexed) are not opened at all; `files_read` in the summary counts every open for
+reading, which is how the tests prove it.
+
+Directories are finished in post-order from a FIFO: a directory closes after its subdirectories,
+so by the time it reaches the head of the FIFO every subtree id it needs is known, and the walk
+never waits for file contents except to bound memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import socket
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orbitvault import __version__
+from orbitvault.client.filters import PathMatcher
+from orbitvault.client.pack import BlobType
+from orbitvault.client.repository import Packer, Repository, now_local
+from orbitvault.client.snapshot import Snapshot, filter_snapshots
+from orbitvault.client.tree import Node, encode_tree, name_key
+from orbitvault.errors import OrbitVaultError
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass
+class BackupOptions:
+    paths: list[str]
+    excludes: list[str] = field(default_factory=list)
+    iexcludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    tags: list[str] = field(default_factory=list)
+    host: str | None = None
+    parent: str | None = None
+    force: bool = False
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
+    dry_run: bool = False
+    read_concurrency: int = 2
+    limit_upload_kib: int | None = None
+    time: datetime | None = None
+    max_inflight: int = 8
+    inline_limit: int = 128 * 1024
+
+
+@dataclass
+class BackupSummary:
+    """restic's summary fields, plus orbitvault's: files_read/bytes_read (contents actually read),
+    packs_written, packs_recovered (packs of an interrupted run found and reused), errors."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    data_blobs: int = 0
+    tree_blobs: int = 0
+    data_added: int = 0
+    data_added_packed: int = 0
+    total_files_processed: int = 0
+    total_bytes_processed: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    packs_written: int = 0
+    packs_recovered: int = 0
+    errors: int = 0
+    backup_start: str = ""
+    backup_end: str = ""
+    total_duration: float = 0.0
+    snapshot_id: str | None = None
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message_type": "summary", **asdict(self)}
+
+
+@dataclass
+class BackupError:
+    path: str
+    message: str
+
+
+class _Cancelled(Exception):
+    pass
+
+
+_Result = tuple[list[bytes], int] | OSError
+
+
+@dataclass(slots=True, eq=False)
+class _FileSlot:
+    """A large file being read by the pool."""
+
+    node: Node
+    future: Future[_Result]
+    prev: Node | None
+    path: str
+
+
+@dataclass(slots=True, eq=False)
+class _PendingDir:
+    node: Node
+    path: str
+    prev_subtree: bytes | None
+    slots: list[Any] = field(default_factory=list)
+    done: bool = False
+
+
+class _Names:
+    """uid/gid -> name, cached (one getpwuid per owner, not per file)."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, str | None] = {}
+        self._groups: dict[int, str | None] = {}
+
+    def user(self, uid: int) -> str | None:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+    def group(self, gid: int) -> str | None:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = None
+        return self._groups[gid]
+
+
+def read_xattrs(path: str) -> list[tuple[str, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for n in sorted(names):
+        try:
+            out.append((n, os.getxattr(path, n, follow_symlinks=False)))
+        except OSError:
+            continue
+    return out
+
+
+def node_from_stat(name: str, st: os.stat_result, path: str, names: _Names) -> Node | None:
+    fmt = stat.S_IFMT(st.st_mode)
+    kind = {
+        stat.S_IFREG: "file",
+        stat.S_IFDIR: "dir",
+        stat.S_IFLNK: "symlink",
+    }.get(fmt)
+    if kind is None:
+        return None
+    node = Node(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=names.user(st.st_uid),
+        group=names.group(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        # A directory's atime is changed by listing it (this backup included): not recorded.
+        atime_ns=0 if kind == "dir" else st.st_atime_ns,
+        ctime_ns=st.st_ctime_ns,
+        size=st.st_size if kind == "file" else 0,
+        inode=st.st_ino,
+        device_id=st.st_dev,
+        links=st.st_nlink,
+    )
+    if kind == "symlink":
+        node.linktarget = os.readlink(path)
+    node.xattrs = read_xattrs(path)
+    return node
+
+
+def _sorted_names(names: list[str]) -> list[str]:
+    """Names in byte order: for valid UTF-8 that is code point order (no encoding needed)."""
+    try:
+        "".join(names).encode()
+    except UnicodeEncodeError:  # surrogate-escaped bytes: sort by the bytes themselves
+        return sorted(names, key=name_key)
+    return sorted(names)
+
+
+class Archiver:
+    def __init__(self, repo: Repository, opts: BackupOptions, *, lock: Any = None) -> None:
+        self.repo = repo
+        self.opts = opts
+        self.lock = lock
+        self.summary = BackupSummary(dry_run=opts.dry_run)
+        self.errors: list[BackupError] = []
+        self.warnings: list[str] = []
+        self.on_error: Callable[[BackupError], None] | None = None
+        self.excluder = PathMatcher(opts.excludes, opts.iexcludes)
+        self._names = _Names()
+        self._stats_lock = threading.Lock()
+        self._claim_lock = threading.Lock()
+        self._claimed: set[bytes] = set()
+        self._packer: Packer | None = None
+        self._cancel = threading.Event()
+        self._inflight = threading.BoundedSemaphore(opts.max_inflight)
+        self._encode: list[tuple[BlobType, bytes, bytes | memoryview]] = []
+        self._encode_bytes = 0
+        self._job_error: BaseException | None = None
+        self._closed: deque[_PendingDir] = deque()
+        self._hardlinks: dict[tuple[int, int], _FileSlot | Node] = {}
+        self._root_dev: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.parent: Snapshot | None = None
+        # progress, read by the CLI's progress display (approximate while running)
+        self.current_path = ""
+
+    # --- public ----------------------------------------------------------------------------
+
+    def run(self) -> tuple[Snapshot | None, BackupSummary]:
+        t0 = time.monotonic()
+        start = now_local()
+        self.summary.backup_start = start.isoformat()
+        repo = self.repo
+        targets = self._targets()
+        repo.load_index()
+        unindexed = repo.unindexed_packs()
+        if unindexed and not self.opts.dry_run:
+            self.summary.packs_recovered = repo.recover_unindexed_packs(unindexed)
+        self.parent = self._find_parent(targets)
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+
+        self._packer = Packer(
+            repo, dry_run=self.opts.dry_run, limit_upload_kib=self.opts.limit_upload_kib, background=True
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.opts.read_concurrency), thread_name_prefix="read")
+        try:
+            root = self._walk_roots(targets)
+            self._drain(block=True)
+            assert root.done and root.node.subtree is not None
+            self._flush_encode()
+            self._pool.shutdown(wait=True)
+            self._check_failed()
+            self._packer.flush()
+        except BaseException:
+            self._cancel.set()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._packer.close()
+            raise
+
+        st = self._packer.stats
+        s = self.summary
+        s.data_blobs, s.tree_blobs = st.data_blobs, st.tree_blobs
+        s.data_added, s.data_added_packed = st.bytes_raw, st.bytes_stored
+        s.packs_written = st.packs
+        s.errors = len(self.errors)
+        snap = Snapshot(
+            time=self.opts.time or start,
+            tree=root.node.subtree,
+            paths=targets,
+            hostname=self.opts.host or socket.gethostname(),
+            username=self._names.user(os.getuid()) or str(os.getuid()),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            tags=sorted(set(self.opts.tags)),
+            parent=self.parent.id if self.parent else None,
+            excludes=self.opts.excludes + self.opts.iexcludes,
+            program_version=f"orbitvault {__version__}",
+        )
+        end = now_local()
+        s.backup_end = end.isoformat()
+        s.total_duration = round(time.monotonic() - t0, 3)
+        snap.summary = {k: v for k, v in asdict(s).items() if k not in ("snapshot_id", "dry_run")}
+        if self.opts.dry_run:
+            return None, s
+        if self.lock is not None:
+            self.lock.check()
+        s.snapshot_id = self.repo.save_snapshot(snap)
+        return snap, s
+
+    # --- setup -----------------------------------------------------------------------------
+
+    def _targets(self) -> list[str]:
+        out = []
+        for p in self.opts.paths:
+            a = os.path.normpath(os.path.abspath(p))
+            if a.startswith("//"):
+                a = "/" + a.lstrip("/")
+            out.append(a)
+        out = sorted(set(out))
+        if not out:
+            raise OrbitVaultError("no paths to back up")
+        # A path inside another is already covered.
+        return [p for p in out if not any(p != q and (q == "/" or p.startswith(q + "/")) for q in out)]
+
+    def _find_parent(self, targets: list[str]) -> Snapshot | None:
+        if self.opts.force:
+            return None
+        snaps = self.repo.load_snapshots(on_error=lambda sid, e: self.warnings.append(f"snapshot {sid[:8]}: {e}"))
+        if self.opts.parent:
+            from orbitvault.client.snapshot import find_snapshot
+
+            return find_snapshot(snaps, self.opts.parent)
+        host = self.opts.host or socket.gethostname()
+        cands = [s for s in filter_snapshots(snaps, hosts=[host]) if sorted(s.paths) == targets]
+        return cands[-1] if cands else None
+
+    # --- threads ---------------------------------------------------------------------------
+
+    def _claim(self, blob_id: bytes) -> bool:
+        """True if this caller must store the blob (nobody has stored or claimed it)."""
+        with self._claim_lock:
+            if blob_id in self._claimed or blob_id in self.repo.index:
+                return False
+            self._claimed.add(blob_id)
+            return True
+
+    def _read_job(self, path: str) -> _Result:
+        """Pool: one large file."""
+        try:
+            if self._cancel.is_set():
+                raise _Cancelled
+            return self._read_file(path)
+        except OSError as e:
+            return e
+        finally:
+            self._inflight.release()
+
+    def _read_file(self, path: str) -> tuple[list[bytes], int]:
+        """Read, chunk, hash; compress, seal and pack the chunks nobody has stored yet."""
+        assert self._packer is not None
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | _O_NOATIME)
+        except PermissionError:
+            fd = os.open(path, flags)  # O_NOATIME needs ownership
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode):
+                raise OSError(errno.EINVAL, "no longer a regular file")
+            ids: list[bytes] = []
+            size = 0
+            key, codec, packer = self.repo.key, self.repo.codec, self._packer
+            for mv in self.repo.chunker.chunk_fd(fd, fst.st_size):
+                size += len(mv)
+                bid = key.blob_id(mv)
+                ids.append(bid)
+                if self._claim(bid):
+                    packer.add(codec.encode(BlobType.DATA, mv, bid))
+                if self._cancel.is_set():
+                    raise _Cancelled
+        finally:
+            os.close(fd)
+        with self._stats_lock:
+            self.summary.files_read += 1
+            self.summary.bytes_read += size
+        return ids, size
+
+    def _read_small(self, path: str) -> tuple[list[bytes], int]:
+        """Main thread: read and hash a small file; its new blobs are encoded by the pool."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | _O_NOATIME)
+        except PermissionError:
+            fd = os.open(path, flags)
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode):
+                raise OSError(errno.EINVAL, "no longer a regular file")
+            ids: list[bytes] = []
+            size = 0
+            key = self.repo.key
+            for mv in self.repo.chunker.chunk_fd(fd, fst.st_size):
+                size += len(mv)
+                bid = key.blob_id(mv)
+                ids.append(bid)
+                if self._claim(bid):
+                    self._queue_encode(BlobType.DATA, bid, mv)
+        finally:
+            os.close(fd)
+        with self._stats_lock:
+            self.summary.files_read += 1
+            self.summary.bytes_read += size
+        return ids, size
+
+    def _queue_encode(self, blob_type: BlobType, bid: bytes, data: bytes | memoryview) -> None:
+        self._encode.append((blob_type, bid, data))
+        self._encode_bytes += len(data)
+        if len(self._encode) >= 64 or self._encode_bytes >= 4 * 1024 * 1024:
+            self._flush_encode()
+
+    def _flush_encode(self) -> None:
+        if not self._encode:
+            return
+        items, self._encode, self._encode_bytes = self._encode, [], 0
+        self._acquire_slot()
+        assert self._pool is not None
+        try:
+            fut = self._pool.submit(self._encode_job, items)
+        except BaseException:
+            self._inflight.release()
+            raise
+        fut.add_done_callback(self._job_done)
+
+    def _job_done(self, fut: Future[None]) -> None:
+        e = fut.exception() if not fut.cancelled() else None
+        if e is not None and self._job_error is None:
+            self._job_error = e
+
+    def _encode_job(self, items: list[tuple[BlobType, bytes, bytes | memoryview]]) -> None:
+        """Pool: compress, seal and pack blobs whose ids the main thread already knows."""
+        try:
+            assert self._packer is not None
+            codec, packer = self.repo.codec, self._packer
+            for blob_type, bid, data in items:
+                if self._cancel.is_set():
+                    raise _Cancelled
+                packer.add(codec.encode(blob_type, data, bid))
+        finally:
+            self._inflight.release()
+
+    def _acquire_slot(self) -> None:
+        while not self._inflight.acquire(timeout=0.1):
+            self._check_failed()
+
+    def _submit(self, node: Node, prev: Node | None, full: str) -> _FileSlot:
+        assert self._pool is not None
+        while not self._inflight.acquire(timeout=0.1):
+            self._check_failed()
+            self._drain(block=False)
+        try:
+            fut = self._pool.submit(self._read_job, full)
+        except BaseException:
+            self._inflight.release()
+            raise
+        return _FileSlot(node, fut, prev, full)
+
+    # --- walk ------------------------------------------------------------------------------
+
+    def _error(self, path: str, err: BaseException) -> None:
+        msg = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        e = BackupError(path, msg)
+        self.errors.append(e)
+        if self.on_error:
+            self.on_error(e)
+
+    def _prev_children(self, subtree: bytes | None) -> dict[str, Node]:
+        if subtree is None:
+            return {}
+        try:
+            return {n.name: n for n in self.repo.load_tree(subtree)}
+        except OrbitVaultError as e:
+            self.warnings.append(f"parent tree {subtree.hex()[:8]} unreadable, reading files again: {e}")
+            return {}
+
+    def _walk_roots(self, targets: list[str]) -> _PendingDir:
+        """The snapshot's root tree mirrors the absolute paths, with real metadata for the
+        intermediate directories (like restic)."""
+        prev_root = self.parent.tree if self.parent else None
+        if targets == ["/"]:
+            st = os.lstat("/")
+            self._root_dev = st.st_dev
+            node = node_from_stat("/", st, "/", self._names) or Node(name="/", type="dir")
+            return self._walk_dir("/", node, prev_root)
+        trie: dict[str, Any] = {}
+        for t in targets:
+            cur = trie
+            parts = t.strip("/").split("/")
+            for p in parts[:-1]:
+                cur = cur.setdefault(p, {})
+            cur[parts[-1]] = None
+        return self._virtual_dir("", Node(name="", type="dir"), trie, prev_root)
+
+    def _virtual_dir(self, path: str, node: Node, trie: dict[str, Any], prev_subtree: bytes | None) -> _PendingDir:
+        pd = _PendingDir(node, path or "/", prev_subtree)
+        prev = self._prev_children(prev_subtree)
+        for name in sorted(trie, key=name_key):
+            full = f"{path}/{name}"
+            sub = trie[name]
+            try:
+                st = os.lstat(full)
+            except OSError as e:
+                self._error(full, e)
+                continue
+            if sub is None:
+                self._root_dev = st.st_dev
+                slot = self._entry(full, name, st, prev.get(name))
+                if slot is not None:
+                    pd.slots.append(slot)
+                continue
+            child = node_from_stat(name, st, full, self._names)
+            if child is None or child.type != "dir":
+                self._error(full, OSError(errno.ENOTDIR, "not a directory"))
+                continue
+            p = prev.get(name)
+            pd.slots.append(self._virtual_dir(full, child, sub, p.subtree if p and p.type == "dir" else None))
+        self._closed.append(pd)
+        return pd
+
+    def _walk_dir(self, path: str, node: Node, prev_subtree: bytes | None) -> _PendingDir:
+        pd = _PendingDir(node, path, prev_subtree)
+        prev = self._prev_children(prev_subtree)
+        try:
+            with os.scandir(path) as it:
+                names = _sorted_names([e.name for e in it])
+        except OSError as e:
+            self._error(path, e)
+            names = []
+        base = path.rstrip("/")
+        for name in names:
+            full = f"{base}/{name}"
+            if self.excluder and self.excluder.match(full):
+                continue
+            try:
+                st = os.lstat(full)
+            except OSError as e:
+                self._error(full, e)
+                continue
+            slot = self._entry(full, name, st, prev.get(name))
+            if slot is not None:
+                pd.slots.append(slot)
+        self._closed.append(pd)
+        self._drain(block=False)
+        if len(self._closed) > 4096:  # bound memory: wait for the oldest directories
+            self._drain(block=True, keep=2048)
+        return pd
+
+    def _entry(self, full: str, name: str, st: os.stat_result, prev: Node | None) -> Any:
+        self.current_path = full
+        try:
+            node = node_from_stat(name, st, full, self._names)
+        except OSError as e:
+            self._error(full, e)
+            return None
+        if node is None:
+            self.warnings.append(f"{full}: special file skipped")
+            return None
+        if node.type == "dir":
+            if self.opts.one_file_system and self._root_dev is not None and st.st_dev != self._root_dev:
+                return None
+            prev_sub = prev.subtree if prev is not None and prev.type == "dir" else None
+            if prev_sub is None:
+                self.summary.dirs_new += 1
+            return self._walk_dir(full, node, prev_sub)
+        if node.type == "symlink":
+            return node
+        # regular file
+        with self._stats_lock:
+            self.summary.total_files_processed += 1
+            self.summary.total_bytes_processed += st.st_size
+        if prev is not None and self._unchanged(prev, st):
+            node.content = prev.content
+            node.size = prev.size
+            self.summary.files_unmodified += 1
+            return node
+        if st.st_nlink > 1:
+            twin = self._hardlinks.get((st.st_dev, st.st_ino))
+            if isinstance(twin, _FileSlot):  # read once, whatever the number of names
+                return _FileSlot(node, twin.future, prev, full)
+            if twin is not None:
+                node.content, node.size = twin.content, twin.size
+                self._count_file(node, prev, prev is not None and prev.content == node.content)
+                return node
+        if st.st_size == 0:
+            node.content = []
+            self._count_file(node, prev, prev is not None and prev.type == "file" and prev.content == [])
+            return node
+        if st.st_size > self.opts.inline_limit:
+            slot: _FileSlot | Node = self._submit(node, prev, full)
+        else:
+            try:
+                node.content, node.size = self._read_small(full)
+            except OSError as e:
+                self._error(full, e)
+                return None
+            self._count_file(node, prev, prev is not None and prev.content == node.content)
+            slot = node
+        if st.st_nlink > 1:
+            self._hardlinks[(st.st_dev, st.st_ino)] = slot
+        return slot
+
+    def _unchanged(self, prev: Node, st: os.stat_result) -> bool:
+        if prev.type != "file" or prev.content is None:
+            return False
+        if prev.size != st.st_size or prev.mtime_ns != st.st_mtime_ns:
+            return False
+        if not self.opts.ignore_ctime and prev.ctime_ns != st.st_ctime_ns:
+            return False
+        if not self.opts.ignore_inode and prev.inode != st.st_ino:
+            return False
+        index = self.repo.index
+        return all(c in index for c in prev.content)
+
+    def _count_file(self, node: Node, prev: Node | None, same: bool) -> None:
+        if prev is None:
+            self.summary.files_new += 1
+        elif same and prev.type == node.type:
+            self.summary.files_unmodified += 1
+        else:
+            self.summary.files_changed += 1
+
+    def _check_failed(self) -> None:
+        if self._packer is not None and self._packer.error is not None:
+            raise self._packer.error
+        if self._job_error is not None:
+            raise self._job_error
+
+    # --- finishing directories -------------------------------------------------------------
+
+    def _drain(self, *, block: bool, keep: int = 0) -> None:
+        """Finish closed directories from the head of the FIFO: those ready, or (block) all but `keep`."""
+        self._check_failed()
+        closed = self._closed
+        while len(closed) > keep:
+            pd = closed[0]
+            if not block and not self._ready(pd):
+                return
+            self._finish_dir(pd)
+            closed.popleft()
+
+    @staticmethod
+    def _ready(pd: _PendingDir) -> bool:
+        return all(not (isinstance(s, _FileSlot) and not s.future.done()) for s in pd.slots)
+
+    def _finish_dir(self, pd: _PendingDir) -> None:
+        nodes: list[Node] = []
+        for s in pd.slots:
+            if isinstance(s, Node):
+                nodes.append(s)
+            elif isinstance(s, _PendingDir):
+                assert s.done, "directories finish in post-order"
+                nodes.append(s.node)
+            else:
+                res = s.future.result()
+                if isinstance(res, OSError):
+                    self._error(s.path, res)
+                    continue
+                ids, size = res
+                s.node.content, s.node.size = ids, size
+                self._count_file(s.node, s.prev, s.prev is not None and s.prev.content == ids)
+                nodes.append(s.node)
+        data = encode_tree(nodes)
+        tid = self.repo.key.blob_id(data)
+        if pd.prev_subtree is not None:
+            if tid == pd.prev_subtree:
+                self.summary.dirs_unmodified += 1
+            else:
+                self.summary.dirs_changed += 1
+        if self._claim(tid):
+            self._queue_encode(BlobType.TREE, tid, data)
+        pd.node.subtree = tid
+        pd.done = True
+        pd.slots = []

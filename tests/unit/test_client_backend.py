@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orbitvault.client.backend import Backend, LocalBackend, check_name, object_name, open_backend, parse_orbit_url
+from orbitvault.errors import InvalidArgument, NotFound, Unavailable
+
+H = "ab" + "0" * 62
+
+
+def test_local_backend_roundtrip(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path / "r")
+    assert isinstance(b, Backend)
+    b.create()
+    name = object_name("data", H)
+    assert name == f"data/ab/{H}"
+    b.put(name, b"0123456789")
+    assert b.get(name) == b"0123456789"
+    assert b.get(name, 3, 4) == b"3456"
+    assert b.get(name, 8, 100) == b"89"
+    assert b.stat(name).size == 10
+    assert [i.name for i in b.list("data")] == [name]
+    b.put(f"index/{H}", memoryview(b"idx"))
+    assert [i.name for i in b.list("index")] == [f"index/{H}"]
+    assert oct((tmp_path / "r" / "index" / H).stat().st_mode & 0o777) == "0o600"
+    b.delete(name)
+    b.delete(name)  # idempotent
+    with pytest.raises(NotFound):
+        b.get(name)
+    with pytest.raises(NotFound):
+        b.stat(name)
+    assert not b.exists(name)
+
+
+def test_create_refuses_an_existing_repository(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path)
+    b.create()
+    b.put("config", b"x")
+    with pytest.raises(InvalidArgument):
+        b.create()
+
+
+def test_temporary_files_are_invisible_and_cleaned(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path)
+    b.create()
+    (tmp_path / "index" / ".tmp-deadbeef").write_bytes(b"partial")
+    assert list(b.list("index")) == []
+    os.utime(tmp_path / "index" / ".tmp-deadbeef", (0, 0))
+    assert b.remove_temporary(older_than_s=60) == 1
+
+
+@pytest.mark.parametrize(
+    "bad", ["../config", "data/../../etc/passwd", f"data/cd/{H}", f"snapshots/{H}/x", "keys/xyz", "/abs", "locks/"]
+)
+def test_names_outside_the_format_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        check_name(bad)
+
+
+def test_open_backend_urls(tmp_path: Path) -> None:
+    assert isinstance(open_backend(f"local:{tmp_path}"), LocalBackend)
+    assert isinstance(open_backend(str(tmp_path)), LocalBackend)
+    with pytest.raises(Unavailable, match="not available yet"):
+        open_backend("orbit://gw.example:7000/backups")
+    with pytest.raises(InvalidArgument):
+        open_backend("orbit://gw.example/backups")
+    with pytest.raises(InvalidArgument):
+        open_backend("s3://bucket")
+    with pytest.raises(InvalidArgument):
+        open_backend("")
+    loc = parse_orbit_url("orbit://[::1]:7000/b-1")
+    assert (loc.host, loc.port, loc.bucket) == ("::1", 7000, "b-1")

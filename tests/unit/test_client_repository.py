@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from orbitvault.client.backend import LocalBackend, object_name
+from orbitvault.client.chunker import ChunkerParams
+from orbitvault.client.crypto import KdfParams
+from orbitvault.client.errors import CorruptObject, RepositoryLocked, RepositoryNotFound, WrongPassword
+from orbitvault.client.pack import BlobType
+from orbitvault.client.repository import (
+    Packer,
+    Repository,
+    decode_object,
+    encode_object,
+    lock_is_stale,
+    remove_locks,
+)
+from orbitvault.errors import InvalidArgument
+
+KDF = KdfParams(1, 1024, 1)
+CHUNKS = ChunkerParams(4096, 16384, 65536, seed=3)
+
+
+def _repo(tmp_path: Path, **kw: object) -> Repository:
+    return Repository.init(LocalBackend(tmp_path / "r"), b"pw", kdf=KDF, chunker=CHUNKS, **kw)  # type: ignore[arg-type]
+
+
+def test_init_open_and_passwords(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, pack_size=8192)
+    be = LocalBackend(tmp_path / "r")
+    again = Repository.open(be, b"pw")
+    assert again.config == repo.config and again.key.raw == repo.key.raw
+    assert again.config.pack_size == 8192 and again.config.chunker == CHUNKS
+    with pytest.raises(WrongPassword):
+        Repository.open(be, b"nope")
+    with pytest.raises(InvalidArgument):
+        Repository.init(be, b"pw", kdf=KDF)
+    with pytest.raises(RepositoryNotFound):
+        Repository.open(LocalBackend(tmp_path / "none"), b"pw")
+
+
+def test_several_keys(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    k2 = repo.add_key(b"second", KDF)
+    be = LocalBackend(tmp_path / "r")
+    assert Repository.open(be, b"second").key.raw == repo.key.raw
+    assert {k["id"] for k in repo.list_keys()} == {repo.key_id, k2}
+    with pytest.raises(InvalidArgument):
+        repo.remove_key(repo.key_id)
+    repo.remove_key(k2)
+    with pytest.raises(WrongPassword):
+        Repository.open(be, b"second")
+
+
+def test_objects_are_verified_by_name_and_key(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    oid = repo.save_object("snapshot", b'{"x": 1}')
+    assert repo.load_object("snapshot", oid) == b'{"x": 1}'
+    path = tmp_path / "r" / "snapshots" / oid
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject, match="does not match its name"):
+        repo.load_object("snapshot", oid)
+    assert decode_object(encode_object(b"y" * 1000)) == b"y" * 1000
+    assert encode_object(b"y" * 1000)[0] == 1 and encode_object(b"tiny")[0] == 0
+
+
+def test_blobs_through_packs_index_and_recovery(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, pack_size=8192)
+    packer = Packer(repo, index_every=2)
+    blobs = [os.urandom(3000) for _ in range(10)]
+    ids = []
+    for b in blobs:
+        enc = repo.encode_blob(BlobType.DATA, b)
+        packer.add(enc)
+        ids.append(enc.id)
+    # Packs were uploaded along the way, and index batches written every 2 packs.
+    assert packer.stats.packs >= 3 and packer.stats.indexes >= 1
+    packer.flush()
+    fresh = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
+    fresh.load_index()
+    assert [fresh.read_blob(i) for i in ids] == blobs
+
+    # A pack stored without an index (interrupted run) is found and indexed again.
+    packer2 = Packer(repo, index_every=100)
+    enc = repo.encode_blob(BlobType.DATA, os.urandom(9000))
+    packer2.add(enc)  # fills a pack -> uploaded, but no index written
+    other = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
+    other.load_index()
+    assert enc.id not in other.index
+    assert other.recover_unindexed_packs() == 1
+    assert other.read_blob(enc.id) is not None
+    third = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
+    third.load_index()
+    assert enc.id in third.index  # the recovery wrote an index object
+
+
+def test_locks_shared_exclusive_and_stale(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    a = repo.lock(exclusive=False)
+    b = repo.lock(exclusive=False)  # shared locks coexist
+    with pytest.raises(RepositoryLocked):
+        repo.lock(exclusive=True)
+    a.release()
+    b.release()
+    ex = repo.lock(exclusive=True)
+    with pytest.raises(RepositoryLocked):
+        repo.lock(exclusive=False)
+    ex.release()
+    assert repo.list_locks() == []
+
+    now = datetime.now(UTC)
+    assert lock_is_stale({"expires": (now - timedelta(seconds=1)).isoformat()})
+    assert not lock_is_stale({"expires": (now + timedelta(hours=1)).isoformat(), "hostname": "elsewhere", "pid": 1})
+    mine = {"expires": (now + timedelta(hours=1)).isoformat(), "hostname": os.uname().nodename, "pid": 2**22 + 7}
+    assert lock_is_stale(mine)  # this host, no such process
+    repo.save_object("lock", json.dumps({**mine, "exclusive": True}).encode())
+    assert remove_locks(repo, all_locks=False) == 1
+
+
+def test_lock_refresh_replaces_the_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORBITVAULT_LOCK_LEASE", "60")
+    repo = _repo(tmp_path)
+    lk = repo.lock(exclusive=False)
+    first = lk.lock_id
+    lk.refresh()
+    assert lk.lock_id != first and [d["id"] for d in repo.list_locks()] == [lk.lock_id]
+    assert not lk.lost
+    lk.release()
+    assert not (tmp_path / "r" / object_name("locks", first or "")).exists()
