@@ -478,8 +478,9 @@ def check(ctx: Ctx, read_data: bool, read_data_subset: str | None) -> None:
 def register(cli: click.Group) -> None:
     """Attach every backup command to the top-level `orbitvault` group."""
     from orbitvault.cli import backup_maint
+    from orbitvault.cli.backup_status import status
 
-    for cmd in (init, backup, snapshots, ls_cmd, restore, check):
+    for cmd in (init, backup, snapshots, ls_cmd, restore, check, status):
         cli.add_command(cmd)
     for cmd in backup_maint.COMMANDS:
         cli.add_command(cmd)

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+import platformdirs
 
 from orbitvault.client.errors import RepositoryLocked, RepositoryNotFound, WrongPassword
 from orbitvault.errors import OrbitVaultError
@@ -79,7 +80,8 @@ class Ctx:
         url = self.repo_url or ""
         if not url:
             raise click.UsageError("no repository given: use -r/--repo or ORBITVAULT_REPOSITORY")
-        return open_backend(url)
+        cache = None if self.no_cache else (self.cache_dir or platformdirs.user_cache_dir("orbitvault"))
+        return open_backend(url, cache_dir=cache)
 
     def open_repo(self, *, load_index: bool = False) -> Any:
         from orbitvault.client.repository import Repository

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from orbitvault.errors import InvalidArgument, NotFound, Unavailable
+from orbitvault.errors import InvalidArgument, NotFound
 
 OBJECT_TYPES = ("keys", "data", "index", "snapshots", "locks")
 CONFIG = "config"
@@ -259,20 +259,19 @@ def parse_orbit_url(url: str) -> OrbitLocation:
     return OrbitLocation(m["host"].strip("[]"), port, m["bucket"])
 
 
-def open_backend(url: str) -> Backend:
+def open_backend(url: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Backend:
     """Turn a repository location into a backend.
 
     `local:/path` (or a plain path, as restic accepts) is a directory; `orbit://HOST:PORT/BUCKET`
-    is the gateway's ObjectStore, reached through the SDK.
+    is the gateway's ObjectStore, reached through the SDK (credentials from the environment, see
+    `backend_orbit`), with metadata cached under `cache_dir` when given.
     """
     if not url:
         raise InvalidArgument("no repository given: use -r/--repo or ORBITVAULT_REPOSITORY")
     if url.startswith("orbit://"):
-        parse_orbit_url(url)
-        raise Unavailable(
-            "the orbit:// backend is not available yet: it needs the gateway SDK "
-            "(orbitvault/client/sdk.py); use a local:/path repository meanwhile"
-        )
+        from orbitvault.client.backend_orbit import OrbitBackend
+
+        return OrbitBackend(url, cache_dir=cache_dir)
     if url.startswith("local:"):
         path = url[len("local:") :]
         if not path:

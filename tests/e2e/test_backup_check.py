@@ -70,8 +70,8 @@ def test_wrong_password_exits_12_and_no_repository_exits_10(tmp_path: Path) -> N
     assert p.returncode == 12 and '"code": 12' in p.stderr
     p = ov.run("snapshots", "-r", f"local:{tmp_path / 'nothing-here'}", check=False)
     assert p.returncode == 10, p.stderr
-    p = ov.run("snapshots", "-r", "orbit://localhost:7000/bucket", check=False)
-    assert p.returncode == 1 and "not available yet" in p.stderr
+    p = ov.run("snapshots", "-r", "orbit://localhost:7000/bucket", check=False, env={"ORBITVAULT_API_KEY": ""})
+    assert p.returncode == 1 and "needs an API key" in p.stderr
 
 
 def test_password_file_and_command(tmp_path: Path) -> None:

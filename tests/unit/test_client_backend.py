@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from orbitvault.client.backend import Backend, LocalBackend, check_name, object_name, open_backend, parse_orbit_url
-from orbitvault.errors import InvalidArgument, NotFound, Unavailable
+from orbitvault.errors import InvalidArgument, NotFound
 
 H = "ab" + "0" * 62
 
@@ -63,7 +63,8 @@ def test_names_outside_the_format_are_refused(bad: str) -> None:
 def test_open_backend_urls(tmp_path: Path) -> None:
     assert isinstance(open_backend(f"local:{tmp_path}"), LocalBackend)
     assert isinstance(open_backend(str(tmp_path)), LocalBackend)
-    with pytest.raises(Unavailable, match="not available yet"):
+    os.environ.pop("ORBITVAULT_API_KEY", None)
+    with pytest.raises(InvalidArgument, match="needs an API key"):
         open_backend("orbit://gw.example:7000/backups")
     with pytest.raises(InvalidArgument):
         open_backend("orbit://gw.example/backups")

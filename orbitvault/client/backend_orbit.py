@@ -1,0 +1,174 @@
+"""`orbit://HOST:PORT/BUCKET`: a repository stored as objects in the gateway's ObjectStore.
+
+Object names (FORMAT.md) are the object keys in the bucket, so the repository reads the same from
+any client and through restic-compatible tooling. The gateway adds encryption at rest, erasure
+coding and placement; the repository's own encryption means it only ever sees ciphertext.
+
+Credentials come from the environment: `ORBITVAULT_API_KEY`, and either mTLS files
+(`ORBITVAULT_TLS_CA`, `ORBITVAULT_TLS_CERT`, `ORBITVAULT_TLS_KEY`) or `ORBITVAULT_INSECURE=1` for a
+plaintext local gateway. The SDK (and with it grpc) is imported only when such a repository is
+opened: the rest of the client never touches the network stack.
+
+Content-addressed metadata (keys, index, snapshots: each object's name is the blake3 of its
+bytes) is cached on disk and verified against its name on every read, so a damaged or stale cache
+entry is refetched, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from orbitvault.client.backend import OBJECT_TYPES, ObjectInfo, name_id, parse_orbit_url
+from orbitvault.errors import AlreadyExists, InvalidArgument, NotFound
+
+CACHED_KINDS = ("keys", "index", "snapshots")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class OrbitCredentials:
+    """How to reach a gateway: an API key and mTLS files, or explicit plaintext."""
+
+    api_key: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OrbitCredentials:
+        env = os.environ if env is None else env
+        api_key = env.get("ORBITVAULT_API_KEY", "")
+        if not api_key:
+            raise InvalidArgument("an orbit:// repository needs an API key: set ORBITVAULT_API_KEY")
+        files = [env.get(f"ORBITVAULT_TLS_{part}") for part in ("CA", "CERT", "KEY")]
+        insecure = env.get("ORBITVAULT_INSECURE", "").lower() in _TRUE
+        if not insecure and not all(files):
+            raise InvalidArgument(
+                "an orbit:// repository needs mTLS files (ORBITVAULT_TLS_CA, ORBITVAULT_TLS_CERT, "
+                "ORBITVAULT_TLS_KEY) or ORBITVAULT_INSECURE=1 for a plaintext local gateway"
+            )
+        ca, cert, key = (Path(f) if f else None for f in files)
+        return cls(api_key, ca, cert, key, insecure)
+
+
+class OrbitBackend:
+    """The `Backend` protocol over the gateway SDK."""
+
+    def __init__(
+        self,
+        url: str,
+        credentials: OrbitCredentials | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        client: Any = None,
+    ) -> None:
+        loc = parse_orbit_url(url)
+        self.url = url
+        self.bucket = loc.bucket
+        if client is None:
+            from orbitvault.client.sdk import ObjectStoreClient, TlsFiles
+
+            creds = credentials or OrbitCredentials.from_env()
+            tls = TlsFiles(creds.ca, creds.cert, creds.key) if creds.ca and creds.cert and creds.key else None
+            client = ObjectStoreClient(f"{loc.host}:{loc.port}", creds.api_key, tls=tls, insecure=creds.insecure)
+        self._client = client
+        self._cache = Path(cache_dir) / _cache_name(url) if cache_dir is not None else None
+
+    # --- Backend ----------------------------------------------------------------------------------
+
+    def create(self) -> None:
+        with contextlib.suppress(AlreadyExists):
+            self._client.create_bucket(self.bucket)
+        if self.exists("config"):
+            raise AlreadyExists(f"a repository already exists at {self.url}")
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        self._client.put(self.bucket, name, bytes(data))
+        self._cache_store(name, data)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        whole = offset == 0 and length is None
+        if whole:
+            cached = self._cache_load(name)
+            if cached is not None:
+                return cached
+        data = self._client.get(self.bucket, name, offset=offset, length=length)
+        if whole:
+            self._cache_store(name, data)
+        return data
+
+    def stat(self, name: str) -> ObjectInfo:
+        return ObjectInfo(name, self._client.head(self.bucket, name).size)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._client.head(self.bucket, name)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, kind: str) -> Iterator[ObjectInfo]:
+        if kind not in OBJECT_TYPES:
+            raise InvalidArgument(f"unknown object type {kind!r}")
+        for info in self._client.list(self.bucket, prefix=f"{kind}/"):
+            yield ObjectInfo(info.key, info.size)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._client.delete(self.bucket, name)
+        if (path := self._cache_path(name)) is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def durability(self, name: str) -> Any:
+        """The gateway's orbit durability of one object (the SDK's ObjectStatus)."""
+        return self._client.status(self.bucket, name)
+
+    # --- cache ------------------------------------------------------------------------------------
+
+    def _cache_path(self, name: str) -> Path | None:
+        kind = name.split("/", 1)[0]
+        if self._cache is None or kind not in CACHED_KINDS:
+            return None
+        return self._cache / kind / name_id(name)
+
+    def _cache_load(self, name: str) -> bytes | None:
+        path = self._cache_path(name)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if blake3.blake3(data).hexdigest() != name_id(name):
+            return None  # damaged or not ours: fetch again
+        return data
+
+    def _cache_store(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._cache_path(name)
+        if path is None or blake3.blake3(data).hexdigest() != name_id(name):
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            return  # a cache that cannot be written is only slower, never wrong
+
+
+def _cache_name(url: str) -> str:
+    return blake3.blake3(url.encode()).hexdigest()[:32]
