@@ -11,6 +11,7 @@ import click
 
 from orbitvault import __version__
 from orbitvault.cli.backup import register as register_backup
+from orbitvault.cli.constellation import constellation
 from orbitvault.cli.demo import demo
 from orbitvault.cli.gateway import gateway
 from orbitvault.cli.node import node
@@ -24,6 +25,7 @@ def cli() -> None:
     """orbitvault: off-planet disaster-recovery storage."""
 
 
+cli.add_command(constellation)
 cli.add_command(demo)
 cli.add_command(gateway)
 cli.add_command(node)
