@@ -77,11 +77,16 @@ class Ctx:
     def backend(self) -> Any:
         from orbitvault.client.backend import open_backend
 
-        url = self.repo_url or ""
-        if not url:
-            raise click.UsageError("no repository given: use -r/--repo or ORBITVAULT_REPOSITORY")
         cache = None if self.no_cache else (self.cache_dir or platformdirs.user_cache_dir("orbitvault"))
-        return open_backend(url, cache_dir=cache)
+        if self.repo_url:
+            return open_backend(self.repo_url, cache_dir=cache)
+        local = _local_constellation()
+        if local is None:
+            raise click.UsageError(
+                "no repository given: use -r/--repo or ORBITVAULT_REPOSITORY "
+                "(or start a local one with `orbitvault constellation up`)"
+            )
+        return local(cache)
 
     def open_repo(self, *, load_index: bool = False) -> Any:
         from orbitvault.client.repository import Repository
@@ -305,3 +310,22 @@ def live_progress(ctx: Ctx, describe: Callable[[], tuple[str, float, float | Non
         finally:
             stop.set()
             t.join()
+
+
+def _local_constellation() -> Callable[[str | None], Any] | None:
+    """The running local constellation's repository, as the default when none is configured."""
+    from orbitvault.ground.constellation import default_client_settings
+
+    settings = default_client_settings()
+    if settings is None:
+        return None
+
+    def open_local(cache: str | None) -> Any:
+        from orbitvault.client.backend_orbit import OrbitBackend, OrbitCredentials
+
+        creds = OrbitCredentials(
+            settings.api_key, settings.tls_ca, settings.tls_cert, settings.tls_key, settings.insecure
+        )
+        return OrbitBackend(settings.repository, creds, cache_dir=cache)
+
+    return open_local

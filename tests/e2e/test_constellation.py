@@ -175,3 +175,28 @@ def test_process_dying_at_start_shows_its_log_and_stops_the_rest(tmp_path: Path,
     assert "OV-13.log" in r.stderr and "Not a directory" in r.stderr  # the log's last lines
     assert our_processes(state_dir) == []
     assert list((state_dir / "run").iterdir()) == []
+
+
+def test_backup_client_defaults_to_the_running_constellation(tmp_path: Path, state_dir: Path) -> None:
+    """Right after `constellation up`, `orbitvault init && orbitvault backup PATH` need no repository."""
+    config = write_config(tmp_path / "constellation.toml")
+    up = run("up", "--config", str(config), "--state-dir", str(state_dir), timeout=120)
+    assert up.returncode == 0, up.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "letter.txt").write_bytes(b"dear orbit\n" * 1000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORBITVAULT_")}
+    env.update(
+        ORBITVAULT_CONSTELLATION_DIR=str(state_dir), ORBITVAULT_PASSWORD="pw", ORBITVAULT_CACHE_DIR=str(tmp_path)
+    )
+
+    def client(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI[:-1], *args], capture_output=True, text=True, timeout=120, env=env)
+
+    for args in (("init",), ("backup", str(src)), ("restore", "latest", "--target", str(tmp_path / "out"))):
+        r = client(*args)
+        assert r.returncode == 0, f"{args}: {r.stderr}"
+    assert (tmp_path / "out" / src.relative_to("/") / "letter.txt").read_bytes() == b"dear orbit\n" * 1000
+    assert run("down", "--state-dir", str(state_dir)).returncode == 0
+    r = client("snapshots")  # nothing running and nothing configured: a clear message, not a traceback
+    assert r.returncode != 0 and "constellation up" in r.stderr and "Traceback" not in r.stderr
