@@ -156,6 +156,11 @@ def serve(
 
     Prints "listening on HOST:PORT" once the port is bound; logs (key=value) go to stderr.
     Repair, garbage collection and catalog checkpoints run in the background.
+
+    Scheduled mode (config: mode = "scheduled", constellation / contact_plan, clock, sim_start,
+    spool_dir): puts return once spooled on the ground and the gateway uplinks them in contact
+    windows. With clock = "simulated" the executor jumps from event to event while work is queued,
+    so a demo puts its objects and polls `gateway status` / GetObjectStatus until DURABLE.
     """
     with _errors():
         config = _load(
@@ -472,12 +477,40 @@ def status(
     for n in st.nodes:
         used = f"{n.used_bytes / 2**20:.1f}/{n.capacity_bytes / 2**20:.0f} MiB"
         plane = f" plane {n.plane}" if n.plane else ""
-        click.echo(f"  {n.node_id.hex()[:16]}  {n.name:<12} {n.address:<21} {n.reachability:<14} {used}{plane}")
+        sat = f" on {n.satellite}" if n.satellite else ""
+        click.echo(f"  {n.node_id.hex()[:16]}  {n.name:<12} {n.address:<21} {n.reachability:<14} {used}{plane}{sat}")
     r = st.repair
     click.echo(
         f"repair backlog: {r.shards_missing} shard(s) missing, {r.rows_damaged} row(s) damaged, "
         f"{r.bytes_pending} byte(s) pending, {r.stripes_at_risk} stripe(s) at risk"
     )
+    clock = "simulated" if st.simulated_clock else "wall"
+    click.echo(f"mode {st.mode or 'direct'}, {clock} clock at {_when(st.gateway_time_unix_ms)}")
+    if st.spooled_shards or st.backlog_bytes or st.restores_in_progress:
+        from orbitvault.orbit.rpo import Prediction
+
+        durable = _when(st.backlog_durable_unix_ms) if st.backlog_durable_unix_ms else "beyond the contact plan"
+        bound = _when(st.backlog_bound_unix_ms) if st.backlog_bound_unix_ms else "-"
+        rpo = Prediction(
+            "backlog",
+            st.backlog_bytes,
+            st.gateway_time_unix_ms / 1000,
+            st.backlog_durable_unix_ms / 1000 or None,
+            st.backlog_bound_unix_ms / 1000 or None,
+            0,
+            0.0,
+        ).ratio
+        ratio = f", {rpo:.2f}x the bound" if rpo is not None else ""
+        click.echo(
+            f"spool: {st.spooled_shards} shard(s), {st.backlog_bytes} byte(s) to uplink; RPO: DURABLE by {durable} "
+            f"(capacity bound {bound}{ratio}); {st.restores_in_progress} restore(s) in progress"
+        )
+
+
+def _when(unix_ms: int) -> str:
+    from orbitvault.orbit.timeutil import format_time
+
+    return format_time(unix_ms / 1000)
 
 
 # --- audit ---------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ Named databases in `<state_dir>/catalog`:
     tombstones    node_id | shard_id -> JSON {queued_ms}    shards to delete when the node answers
     nodes         node_id -> JSON              address, plane, last status, last seen
     mfa           tenant -> JSON               wrapped TOTP secret, enabled, last time step used
+    spool_objects object_id -> JSON            a scheduled-mode object not yet DURABLE: queue position,
+                                               tenant, the catalog-record pieces of its shard headers
+    spool         object_id | stripe u32 | index u8 -> JSON   a spooled shard not yet in orbit:
+                                               its id, rows, and the upload(s) under way for it
+    restores      object_id -> JSON            a restored (staged) copy: when ready, when it expires
 
 LMDB keys are at most 511 bytes, object keys up to 1024: an `objects` entry is keyed by the first
 `_KEY_PREFIX` bytes of the key and holds every key sharing them, sorted, so listing stays in exact
@@ -255,6 +260,101 @@ class PendingUpload:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolObject:
+    """A scheduled-mode object whose shards are not all in orbit yet (queue order: `seq`)."""
+
+    object_id: bytes
+    queued_unix_ms: int
+    tenant: str
+    pieces: tuple[bytes, ...]  # selfdesc pieces: shard i's header carries pieces[i % len]
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queued": self.queued_unix_ms,
+            "tenant": self.tenant,
+            "pieces": [x.hex() for x in self.pieces],
+            "seq": self.seq,
+        }
+
+    @classmethod
+    def from_dict(cls, object_id: bytes, d: dict[str, Any]) -> SpoolObject:
+        return cls(object_id, d["queued"], d["tenant"], tuple(bytes.fromhex(x) for x in d["pieces"]), d["seq"])
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """A spooled shard not yet in orbit, and the uploads under way for it.
+
+    `target` is the satellite it is bound to once its first byte goes up (late binding), with the
+    node, upload id and rows committed there; `relay` a satellite that receives the whole shard
+    first and forwards it over an inter-satellite link. `header` is the shard header as first sent:
+    a resumed upload must present the same one.
+    """
+
+    object_id: bytes
+    stripe: int
+    index: int
+    shard_id: bytes
+    rows: int
+    granule: int  # planned bytes per row: a full fragment and its checksum
+    target: str = ""
+    target_node: bytes = b""
+    upload_id: bytes = b""
+    committed: int = 0
+    relay: str = ""
+    relay_node: bytes = b""
+    relay_upload_id: bytes = b""
+    relay_committed: int = 0
+    header: bytes = b""
+
+    @property
+    def key(self) -> tuple[bytes, int, int]:
+        return (self.object_id, self.stripe, self.index)
+
+    @property
+    def size(self) -> int:
+        """Planned bytes of the shard (what the scheduler fits into windows)."""
+        return self.rows * self.granule
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard_id.hex(),
+            "rows": self.rows,
+            "granule": self.granule,
+            "target": self.target,
+            "target_node": self.target_node.hex(),
+            "upload": self.upload_id.hex(),
+            "committed": self.committed,
+            "relay": self.relay,
+            "relay_node": self.relay_node.hex(),
+            "relay_upload": self.relay_upload_id.hex(),
+            "relay_committed": self.relay_committed,
+            "header": self.header.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, object_id: bytes, stripe: int, index: int, d: dict[str, Any]) -> SpoolEntry:
+        return cls(
+            object_id,
+            stripe,
+            index,
+            bytes.fromhex(d["shard"]),
+            d["rows"],
+            d["granule"],
+            d["target"],
+            bytes.fromhex(d["target_node"]),
+            bytes.fromhex(d["upload"]),
+            d["committed"],
+            d["relay"],
+            bytes.fromhex(d["relay_node"]),
+            bytes.fromhex(d["relay_upload"]),
+            d["relay_committed"],
+            bytes.fromhex(d["header"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RepairItem:
     object_id: bytes
     stripe: int
@@ -318,6 +418,9 @@ class Catalog:
         "tombstones",
         "nodes",
         "mfa",
+        "spool_objects",
+        "spool",
+        "restores",
     )
 
     def __init__(self, state_dir: str | Path, *, sync: bool = True) -> None:
@@ -540,10 +643,12 @@ class Catalog:
         failed: list[tuple[int, int, ShardLoc | None]],
         check_replace: Callable[[ObjectRecord | None], None],
         now_ms: int,
+        spool: tuple[SpoolObject, list[SpoolEntry]] | None = None,
     ) -> CommitResult:
         """Make an upload visible in one transaction: the record, its stripes and indexes, repair
         entries for shards that failed (their ids tombstoned, they may exist), the pending upload
-        removed, and a replaced version unlinked with its shards tombstoned.
+        removed, and a replaced version unlinked with its shards tombstoned. A scheduled put
+        passes `spool`: the object's queue entry and its spooled shards, committed with it.
 
         `check_replace(existing)` raises to refuse (e.g. the existing version is locked); it runs
         inside the transaction, so the check and the replacement are atomic.
@@ -565,6 +670,15 @@ class Catalog:
                 self._queue_repair(txn, rec.object_id, stripe, index, "put failed", now_ms)
                 if loc is not None:  # sent but not acknowledged: it may exist
                     self._tombstone(txn, loc.node_id, loc.shard_id, now_ms)
+            if spool is not None:
+                head, entries = spool
+                meta = self._db["meta"]
+                raw = txn.get(b"spool_seq", db=meta)
+                seq = (int(raw) if raw else 0) + 1
+                txn.put(b"spool_seq", str(seq).encode(), db=meta)
+                txn.put(rec.object_id, _dump(replace(head, seq=seq).to_dict()), db=self._db["spool_objects"])
+                for e in entries:
+                    txn.put(_REPAIR_KEY.pack(*e.key), _dump(e.to_dict()), db=self._db["spool"])
             self._remove_pending(txn, upload_id)
             self._bump(txn)
         return result
@@ -619,6 +733,18 @@ class Catalog:
                 self._tombstone(txn, loc.node_id, loc.shard_id, now_ms)
                 dead.append((loc.node_id, loc.shard_id))
             txn.delete(sk, db=self._db["stripes"])
+        if txn.delete(rec.object_id, db=self._db["spool_objects"]):
+            cur = txn.cursor(db=self._db["spool"])
+            found = cur.set_range(rec.object_id)
+            while found and bytes(cur.key())[:32] == rec.object_id:
+                e = json.loads(bytes(cur.value()))
+                shard = bytes.fromhex(e["shard"])
+                for node in (e["target_node"], e["relay_node"]):
+                    if node:  # an upload was started there: its partial (or complete) copy goes
+                        self._tombstone(txn, bytes.fromhex(node), shard, now_ms)
+                        dead.append((bytes.fromhex(node), shard))
+                found = cur.delete()
+        txn.delete(rec.object_id, db=self._db["restores"])
         return dead
 
     def load_object(self, rec: ObjectRecord, stripes: list[StripeRecord], now_ms: int) -> None:
@@ -726,11 +852,89 @@ class Catalog:
             for _, v in txn.cursor(db=self._db["pending_shards"]):
                 if any(s == hexid for _, _, s in json.loads(bytes(v))):
                     return True
+            for _, v in txn.cursor(db=self._db["spool"]):
+                if json.loads(bytes(v))["shard"] == hexid:
+                    return True  # an upload or relay copy of a spooled shard
         return False
 
     def shards_on_node(self, node_id: bytes) -> Iterator[bytes]:
         for k, _ in self.scan("node_shards", start=node_id, prefix=node_id):
             yield k[32:]
+
+    # --- the scheduled-mode spool ----------------------------------------------------------------
+
+    def spool_objects(self) -> list[SpoolObject]:
+        """Objects not yet DURABLE, in queue order."""
+        out = [SpoolObject.from_dict(k, json.loads(v)) for k, v in self.scan("spool_objects")]
+        return sorted(out, key=lambda o: (o.seq, o.object_id))
+
+    def spool_object(self, object_id: bytes) -> SpoolObject | None:
+        with self.read() as txn:
+            v = txn.get(object_id, db=self._db["spool_objects"])
+        return None if v is None else SpoolObject.from_dict(object_id, json.loads(bytes(v)))
+
+    def spool_entries(self, object_id: bytes | None = None) -> list[SpoolEntry]:
+        out = []
+        for k, v in self.scan("spool", start=object_id or b"", prefix=object_id or b""):
+            oid, stripe, index = _REPAIR_KEY.unpack(k)
+            out.append(SpoolEntry.from_dict(oid, stripe, index, json.loads(v)))
+        return out
+
+    def put_spool_entry(self, entry: SpoolEntry) -> bool:
+        """Record an upload's progress; False (nothing written) if the shard left the spool meanwhile."""
+        key = _REPAIR_KEY.pack(*entry.key)
+        with self.write() as txn:
+            if txn.get(key, db=self._db["spool"]) is None:
+                return False
+            txn.put(key, _dump(entry.to_dict()), db=self._db["spool"])
+        return True
+
+    def place_spooled(self, entry: SpoolEntry, loc: ShardLoc) -> bool | None:
+        """A spooled shard is complete in orbit: point the stripe at it and drop it from the spool,
+        in one transaction. True if that was the object's last spooled shard (it is DURABLE now),
+        None if the object or the shard left the spool meanwhile (deleted or replaced)."""
+        key = _REPAIR_KEY.pack(*entry.key)
+        sk = _STRIPE_KEY.pack(entry.object_id, entry.stripe)
+        with self.write() as txn:
+            raw = txn.get(sk, db=self._db["stripes"])
+            if raw is None or txn.get(key, db=self._db["spool"]) is None:
+                return None
+            rec = StripeRecord.from_json(entry.stripe, bytes(raw))
+            shards = list(rec.shards)
+            shards[entry.index] = loc
+            self._put_stripe(txn, entry.object_id, replace(rec, shards=tuple(shards)))
+            txn.delete(key, db=self._db["spool"])
+            cur = txn.cursor(db=self._db["spool"])
+            more = cur.set_range(entry.object_id) and bytes(cur.key())[:32] == entry.object_id
+            if not more:
+                txn.delete(entry.object_id, db=self._db["spool_objects"])
+            self._bump(txn)
+        return not more
+
+    def spool_shard_ids(self) -> set[bytes]:
+        return {bytes.fromhex(json.loads(v)["shard"]) for _, v in self.scan("spool")}
+
+    # --- restores ---------------------------------------------------------------------------------
+
+    def put_restore(self, object_id: bytes, ready_unix_ms: int, expires_unix_ms: int) -> bool:
+        """A staged copy of the object is ready; False if the object is gone (then nothing is written)."""
+        with self.write() as txn:
+            if txn.get(object_id, db=self._db["by_id"]) is None:
+                return False
+            txn.put(object_id, _dump({"ready": ready_unix_ms, "expires": expires_unix_ms}), db=self._db["restores"])
+        return True
+
+    def restore(self, object_id: bytes) -> tuple[int, int] | None:
+        """(ready, expires) unix ms of the object's staged copy, if there is one."""
+        d = self._get("restores", object_id, lambda x: x)
+        return None if d is None else (d["ready"], d["expires"])
+
+    def restores(self) -> dict[bytes, tuple[int, int]]:
+        return {k: (d["ready"], d["expires"]) for k, v in self.scan("restores") for d in [json.loads(v)]}
+
+    def delete_restore(self, object_id: bytes) -> None:
+        with self.write() as txn:
+            txn.delete(object_id, db=self._db["restores"])
 
     # --- pending uploads -----------------------------------------------------------------------------
 

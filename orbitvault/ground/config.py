@@ -31,6 +31,19 @@ Schema (every key optional)::
     ids_window_s = 60.0               # intrusion detection: the window bursts are counted in
     ids_auth_failures = 20            # failed authentications per source or key per window -> alert
     ids_mass_deletes = 100            # deletes per tenant per window -> alert
+    # Scheduled mode (issue 6): shards spooled on the ground, uplinked in contact windows.
+    mode = "direct"                   # "direct" | "scheduled": PutObject's default (a request may say)
+    constellation = "sats.toml"       # satellites, planes, stations (orbitvault.orbit.config); default:
+                                      # the shipped sample; nodes map to satellites by NodeInfo.satellite
+    contact_plan = "plan.rc"          # ION or HDTN contact plan file; default: predicted from the
+                                      # constellation's TLEs, plan_horizon_s ahead, extended as time goes
+    plan_horizon_s = 172800.0         # how far ahead a predicted plan reaches
+    clock = "wall"                    # "wall" | "simulated": simulated time jumps from event to event
+    sim_start = "2026-11-01T00:00:00Z"  # simulated clock's start; default: the contact plan's epoch
+                                      # (predicted plans: the current time)
+    spool_dir = "<state_dir>/spool"   # the ground spool: shards waiting for uplink windows
+    restore_dir = "<state_dir>/restore"  # RestoreObject's staging area (shards downlinked)
+    restore_keep_s = 86400.0          # how long a restored copy stays readable (RestoreObject may say)
 
 Environment: ORBITVAULT_GATEWAY_<KEY> (upper case; nodes comma-separated). Unknown keys are errors,
 so a typo never silently falls back to a default; every error names the key and its source.
@@ -44,12 +57,14 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from orbitvault.errors import InvalidArgument
+from orbitvault.orbit.timeutil import parse_time
 from orbitvault.storage.config import TLS_KEYS, check_tls_settings, parse_address, parse_size
 
 ENV_PREFIX = "ORBITVAULT_GATEWAY_"
@@ -59,6 +74,8 @@ MiB = 1024 * KiB
 MAX_GATEWAY_STRIPE = 16 * MiB  # design note §3: bounded memory, a put holds at most 2 stripes
 DEFAULT_SEGMENT = 1 * MiB
 MIN_SEGMENT = 256
+MODES = ("direct", "scheduled")
+CLOCKS = ("wall", "simulated")
 
 
 def default_state_dir() -> Path:
@@ -100,6 +117,23 @@ class GatewayConfig:
     ids_mass_deletes: int = 100
     # The `[rest]` table: restic's REST endpoint served beside gRPC (orbitvault.rest.config reads it).
     rest: Mapping[str, Any] | None = None
+    mode: str = "direct"
+    constellation: Path | None = None
+    contact_plan: Path | None = None
+    plan_horizon_s: float = 172800.0
+    clock: str = "wall"
+    sim_start: float | None = None  # POSIX seconds (the file gives ISO 8601)
+    spool_dir: Path | None = None
+    restore_dir: Path | None = None
+    restore_keep_s: float = 86400.0
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool_dir) if self.spool_dir is not None else Path(self.state_dir) / "spool"
+
+    @property
+    def restore_path(self) -> Path:
+        return Path(self.restore_dir) if self.restore_dir is not None else Path(self.state_dir) / "restore"
 
     @property
     def audit_path(self) -> Path:
@@ -120,6 +154,12 @@ class GatewayConfig:
             )
         if self.master_key_file is not None and self.master_key_passphrase is not None:
             raise InvalidArgument("give either master_key_file or master_key_passphrase, not both")
+        if self.mode not in MODES:
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.clock not in CLOCKS:
+            raise InvalidArgument(f"clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
+        if self.sim_start is not None and self.clock != "simulated":
+            raise InvalidArgument('sim_start is only meaningful with clock = "simulated"')
 
 
 _KEYS = {f.name for f in dataclasses.fields(GatewayConfig)}
@@ -206,8 +246,38 @@ def _build(raw: dict[str, tuple[Any, str]]) -> GatewayConfig:
         ids_auth_failures=get("ids_auth_failures", _int_range(1, 10**9), 20),
         ids_mass_deletes=get("ids_mass_deletes", _int_range(1, 10**9), 100),
         rest=get("rest", _table, None),
+        mode=get("mode", _choice(MODES), "direct"),
+        constellation=get("constellation", _path, None),
+        contact_plan=get("contact_plan", _path, None),
+        plan_horizon_s=get("plan_horizon_s", _positive, 172800.0),
+        clock=get("clock", _choice(CLOCKS), "wall"),
+        sim_start=get("sim_start", _time, None),
+        spool_dir=get("spool_dir", _path, None),
+        restore_dir=get("restore_dir", _path, None),
+        restore_keep_s=get("restore_keep_s", _positive, 86400.0),
         **check_tls_settings({k: get(k, _path, None) for k in TLS_KEYS}, get("insecure", _bool, False), "gateway"),
     )
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    def conv(value: Any, what: str) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in options:
+            raise InvalidArgument(f"{what} must be one of {', '.join(options)}, got {value!r}")
+        return value.strip().lower()
+
+    return conv
+
+
+def _time(value: Any, what: str) -> float:
+    """An ISO 8601 time (TOML datetimes too) as POSIX seconds."""
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be an ISO 8601 time such as 2026-11-01T00:00:00Z, got {value!r}")
+    try:
+        return parse_time(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
 
 
 def _non_negative(value: Any, what: str) -> float:

@@ -7,7 +7,13 @@ what to do.
 
 Server duties (the adapter's loop, not done here implicitly): call `collect_garbage()` once after
 start (uploads of a crashed gateway) and every `pending_ttl_s`; `repair_once()` every
-`repair_interval_s`; `checkpoint()` whenever `checkpoint_due()`.
+`repair_interval_s`; `checkpoint()` whenever `checkpoint_due()`; `start_scheduler()` once, so
+scheduled mode's executor (`scheduled.py`) runs in the server process (and only there).
+
+Scheduled mode: a put with mode "scheduled" (or any put, with `mode = "scheduled"` in the config)
+returns once its shards are durably in the ground spool (QUEUED); they reach orbit in contact
+windows. Such an object is readable at once: reads use ground copies (spooled shards until the
+object is DURABLE, then shards a RestoreObject brought down) before any node.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import math
 import os
 import re
 import shutil
@@ -48,6 +55,7 @@ from orbitvault.ground import validate
 from orbitvault.ground.catalog import (
     BucketRecord,
     Catalog,
+    CommitResult,
     KeyRecord,
     ObjectRecord,
     TenantRecord,
@@ -83,13 +91,16 @@ from orbitvault.ground.model import (
     RebuildReport,
     RepairBacklog,
     RepairReport,
+    RestoreInfo,
+    RestoreState,
     Retention,
     RetentionMode,
 )
 from orbitvault.ground.nodes import NodeDirectory
 from orbitvault.ground.pipeline import Pipeline, WritePlan, plain_per_stripe
 from orbitvault.ground.repair import RepairCoordinator
-from orbitvault.orbit.clock import Clock, WallClock
+from orbitvault.ground.scheduled import ScheduledMode, make_clock
+from orbitvault.orbit.clock import Clock, SimulatedClock
 
 VERSION = "0.1.0"
 TOKEN_PREFIX = "ovk_"
@@ -115,7 +126,7 @@ class Gateway:
         ids_config: ids_mod.IdsConfig | None = None,
     ) -> None:
         self.config = config
-        self.clock: Clock = clock or WallClock()
+        self.clock: Clock = clock or make_clock(config)
         self.nodes = links
         links.use_clock(self.clock)
         self.master = master_key
@@ -161,6 +172,15 @@ class Gateway:
         self._nodes_lock = threading.Lock()
         self._closed = False
         links.seed((r.node_id, r.address, r.last_seen_unix_ms / 1000) for r in self.catalog.nodes())
+        self.scheduler: ScheduledMode | None = None
+        self._scheduler_lock = threading.Lock()
+        self._run_scheduler = False
+        if config.mode == "scheduled" or self.catalog.spool_objects() or self.catalog.restores():
+            try:
+                self._scheduled()
+            except Exception:
+                self.close()
+                raise
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -169,6 +189,8 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.pool.shutdown(wait=True)
         with _LIVE_LOCK:
             _LIVE_OWNERS.discard(self.owner)
@@ -184,6 +206,32 @@ class Gateway:
 
     def now_ms(self) -> int:
         return int(self.clock.now() * 1000)
+
+    # --- scheduled mode -------------------------------------------------------------------------------
+
+    def _scheduled(self) -> ScheduledMode:
+        """Scheduled mode's spool and executor, made on first need (its executor runs only once the
+        server called `start_scheduler`: admin commands opening the state dir must not run it)."""
+        with self._scheduler_lock:
+            if self.scheduler is None:
+                self.scheduler = ScheduledMode(
+                    catalog=self.catalog,
+                    nodes=self.nodes,
+                    clock=self.clock,
+                    config=self.config,
+                    refresh=lambda: self.refresh_nodes(force=False),
+                )
+                self.pipeline.ground = self.scheduler.ground
+                if self._run_scheduler:
+                    self.scheduler.start()
+            return self.scheduler
+
+    def start_scheduler(self) -> None:
+        """Run scheduled mode's executor in this process (the server calls this once)."""
+        with self._scheduler_lock:
+            self._run_scheduler = True
+            if self.scheduler is not None:
+                self.scheduler.start()
 
     # --- nodes ----------------------------------------------------------------------------------------
 
@@ -372,8 +420,16 @@ class Gateway:
         customer_key: bytes | None = None,
         content_blake3: bytes | None = None,
         mfa: str | mfa_mod.Grant | None = None,
+        mode: str | None = None,
     ) -> ObjectInfo:
-        """Store an object (replacing the current version: with tenant MFA, that needs `mfa`)."""
+        """Store an object (replacing the current version: with tenant MFA, that needs `mfa`).
+
+        `mode` "direct" or "scheduled" (None: the config's): scheduled returns once the shards are
+        durably spooled on the ground (QUEUED); they go up in contact windows.
+        """
+        if mode is not None and mode not in ("direct", "scheduled"):
+            raise InvalidArgument(f"put mode must be direct or scheduled, got {mode!r}")
+        scheduled = (mode or self.config.mode) == "scheduled"
         with self._audited(p, "object.put", f"{bucket}/{key}") as audit:
             self._check_tenant(p)
             self._may_write(p, "write objects")
@@ -431,21 +487,31 @@ class Gateway:
                 data = [data]  # a whole object given at once (small objects, tests)
             sampler = ids_mod.Sampler(data)  # what intrusion detection sees of the plaintext
             plan = WritePlan(base, data_key, tenant_rec.wrapped_key, size, content_blake3, self.owner)
-            self.refresh_nodes(force=False)
-            with self._put_slots:
-                result = self.pipeline.write(plan, sampler)
-            try:
-                commit = self.catalog.commit_object(
-                    result.record,
-                    result.stripes,
-                    upload_id=object_id,
-                    failed=result.failed,
-                    check_replace=lambda old: self._check_replace(p, old, self.now_ms(), mfa_ok=mfa_ok),
-                    now_ms=self.now_ms(),
-                )
-            except BaseException:
-                self.pipeline.discard(object_id)
-                raise
+
+            def check(old: ObjectRecord | None) -> None:
+                self._check_replace(p, old, self.now_ms(), mfa_ok=mfa_ok)
+
+            if scheduled:
+                audit["mode"] = "scheduled"
+                commit, result = self._put_scheduled(plan, sampler, tenant_rec.wrapped_key, check)
+            else:
+                self.refresh_nodes(force=False)
+                with self._put_slots:
+                    result = self.pipeline.write(plan, sampler)
+                try:
+                    commit = self.catalog.commit_object(
+                        result.record,
+                        result.stripes,
+                        upload_id=object_id,
+                        failed=result.failed,
+                        check_replace=check,
+                        now_ms=self.now_ms(),
+                    )
+                except BaseException:
+                    self.pipeline.discard(object_id)
+                    raise
+            if commit.replaced is not None and self.scheduler is not None:
+                self.scheduler.forget(commit.replaced.object_id)
             if commit.tombstoned:  # the replaced version's shards: delete now, GC retries the rest
                 left = set(self.pipeline.delete_shards(commit.tombstoned))
                 self.catalog.clear_tombstones([t for t in commit.tombstoned if t not in left])
@@ -457,6 +523,44 @@ class Gateway:
             if legal_hold:
                 audit["legal_hold"] = True
             return self._info(result.record)
+
+    def _put_scheduled(
+        self, plan: WritePlan, data: Iterable[bytes], tenant_key_wrapped: bytes, check: Any
+    ) -> tuple[CommitResult, Any]:
+        """Spool the object's shards and commit it with its spool entries (state QUEUED)."""
+        sched = self._scheduled()
+        oid = plan.record.object_id
+        with sched.holding(), self._put_slots:  # simulated time stands still while it streams in
+            result = self.pipeline.spool_write(plan, data, sched.spool)
+            try:
+                spool = sched.spool_records(result, tenant_key_wrapped, self.master.catalog_key, self.now_ms())
+                commit = self.catalog.commit_object(
+                    result.record,
+                    result.stripes,
+                    upload_id=oid,
+                    failed=[],
+                    check_replace=check,
+                    now_ms=self.now_ms(),
+                    spool=spool,
+                )
+            except BaseException:
+                sched.spool.remove(oid)
+                raise
+            sched.enqueue(oid)
+        return commit, result
+
+    def restore_object(
+        self, p: Principal, bucket: str, key: str, *, version_id: bytes | None = None, keep_for_ms: int = 0
+    ) -> RestoreInfo:
+        """Stage an object for reading: READY when its shards are readable now (a direct-mode
+        gateway reads nodes as they answer; or a ground copy), else the downlinks are planned and
+        executed over the contact plan and the ETA is returned."""
+        if not isinstance(keep_for_ms, int) or keep_for_ms < 0:
+            raise InvalidArgument("keep_for_ms must be a non-negative number of milliseconds")
+        rec = self._object(p, bucket, key, version_id)
+        if self.config.mode != "scheduled":
+            return RestoreInfo(RestoreState.READY)  # direct mode: shards are on nodes in reach
+        return self._scheduled().restore(rec, keep_for_ms)
 
     def _check_replace(self, p: Principal, old: ObjectRecord | None, now_ms: int, *, mfa_ok: bool = True) -> None:
         if old is None:
@@ -514,10 +618,17 @@ class Gateway:
         self.refresh_nodes(force=False)
         first, last = offset // rec.plain_per_stripe, (offset + length - 1) // rec.plain_per_stripe
 
+        ground = self.pipeline.ground
+
         def short() -> list[tuple[int, int]]:
             out = []
             for s in self.catalog.stripes(rec.object_id, first, last - first + 1):
-                up = sum(1 for loc in s.shards if loc is not None and self.nodes.is_up(loc.node_id))
+                near = ground.shards(rec.object_id, s.index) if ground is not None else set()
+                up = len(near) + sum(
+                    1
+                    for i, loc in enumerate(s.shards)
+                    if loc is not None and i not in near and self.nodes.is_up(loc.node_id)
+                )
                 if up < rec.geometry.k:
                     out.append((s.index, up))
             return out
@@ -621,6 +732,8 @@ class Gateway:
                 audit["bypass_governance"] = True
             audit["mfa"] = self._require_mfa(p.tenant, p.key_id, mfa, "deleting an object", key=key)
             rec, dead = self.catalog.delete_object(p.tenant, bucket, key, check=check, now_ms=self.now_ms())
+            if self.scheduler is not None:
+                self.scheduler.forget(rec.object_id)
             audit.update(version=rec.object_id.hex(), bytes=rec.size)
             left = set(self.pipeline.delete_shards(dead))
             self.catalog.clear_tombstones([d for d in dead if d not in left])
@@ -713,16 +826,22 @@ class Gateway:
 
     def object_status(self, p: Principal, bucket: str, key: str, *, version_id: bytes | None = None) -> ObjectStatus:
         rec = self._object(p, bucket, key, version_id)
-        return self._status(rec)
+        return self._status(rec, predict=True)
 
     # --- durability -------------------------------------------------------------------------------------
 
-    def _status(self, rec: ObjectRecord) -> ObjectStatus:
+    def _status(self, rec: ObjectRecord, *, predict: bool = False) -> ObjectStatus:
+        """QUEUED (spooled; some stripe has fewer than k shards in orbit) -> PARTIAL (every stripe
+        has k) -> DURABLE (all k+m in orbit); LOST when a stripe has fewer than k anywhere. With
+        `predict`, a spooled object's DURABLE time and its lower bound come from the current plan."""
         g = rec.geometry
         queued = {(i.stripe, i.shard_index) for i in self.catalog.repair_items(rec.object_id)}
+        spooled = len(self.catalog.spool_entries(rec.object_id)) if self.scheduler is not None else 0
+        ground = self.pipeline.ground if spooled else None
         in_orbit = recoverable = 0
         lost: list[ByteRange] = []
         stripes = 0
+        least = g.n
         for s in self.catalog.stripes(rec.object_id):
             stripes += 1
             ok = sum(
@@ -733,9 +852,10 @@ class Gateway:
                 and not self.nodes.gone(loc.node_id, self.config.node_grace_s)
             )
             in_orbit += ok
+            least = min(least, ok)
             if ok >= g.k:
                 recoverable += 1
-            else:
+            elif ground is None or len(ground.shards(rec.object_id, s.index)) < g.k:
                 start = s.index * rec.plain_per_stripe
                 lost.append(ByteRange(start, rec.plain_len(s.index)))
         total = stripes * g.n
@@ -743,13 +863,34 @@ class Gateway:
             state = DurabilityState.LOST
         elif in_orbit == total:
             state = DurabilityState.DURABLE
+        elif spooled and recoverable < stripes:
+            state = DurabilityState.QUEUED
         else:
             state = DurabilityState.PARTIAL
-        return ObjectStatus(rec.object_id, state, in_orbit, total, 0, stripes, recoverable, 0, tuple(lost))
+        predicted = bound = 0
+        if predict and spooled and self.scheduler is not None:
+            when, low = self.scheduler.prediction(rec.object_id)
+            predicted = 0 if when is None else math.ceil(when * 1000)
+            bound = 0 if low is None else math.ceil(low * 1000)
+        return ObjectStatus(
+            rec.object_id,
+            state,
+            in_orbit,
+            total,
+            spooled,
+            stripes,
+            recoverable,
+            predicted,
+            tuple(lost),
+            bound,
+            least if stripes else 0,
+        )
 
     def _info(self, rec: ObjectRecord, *, full: bool = True) -> ObjectInfo:
         if full:
             state = self._status(rec).state
+        elif self.scheduler is not None and self.catalog.spool_object(rec.object_id) is not None:
+            state = DurabilityState.QUEUED  # listing: spooled, not yet all in orbit (no stripe scan)
         else:  # listing: the repair queue alone, no stripe scan
             state = DurabilityState.PARTIAL if self.catalog.has_repairs(rec.object_id) else DurabilityState.DURABLE
         return ObjectInfo(
@@ -774,15 +915,22 @@ class Gateway:
     # --- status and maintenance ---------------------------------------------------------------------------
 
     def status(self) -> GatewayStatus:
+        """Nodes, repair backlog, and in scheduled mode the spool, RPO (backlog DURABLE per the plan)
+        next to its capacity lower bound, and the gateway's (possibly simulated) time."""
         self.refresh_nodes(force=True)
         grace = self.config.node_grace_s
+        sched = self.scheduler
         nodes = []
         for st in self.nodes.states():
             if st.node_id is None:
                 continue
             status = st.status
+            satellite = status.satellite if status else ""
+            in_contact, next_contact = True, 0.0
+            if sched is not None and satellite:
+                in_contact, next_contact = sched.contact(satellite)
             if st.up:
-                reach = NodeReachability.IN_CONTACT
+                reach = NodeReachability.IN_CONTACT if in_contact else NodeReachability.OUT_OF_CONTACT
             elif self.nodes.gone(st.node_id, grace):
                 reach = NodeReachability.RETIRED
             else:
@@ -792,18 +940,37 @@ class Gateway:
                     node_id=st.node_id,
                     name=status.name if status else "",
                     address=st.address,
-                    satellite="",
+                    satellite=satellite,
                     plane=st.plane,
                     reachability=reach,
                     last_seen_unix_ms=int(st.last_seen * 1000),
-                    next_contact_unix_ms=0,
+                    next_contact_unix_ms=math.ceil(next_contact * 1000),
                     capacity_bytes=status.capacity_bytes if status else 0,
                     used_bytes=status.used_bytes if status else 0,
                     shard_count=status.shard_count if status else 0,
                 )
             )
         nodes.sort(key=lambda n: n.node_id)
-        return GatewayStatus(tuple(nodes), self.repair_backlog(), 0, 0, self.now_ms(), VERSION)
+        simulated = isinstance(self.clock, SimulatedClock)
+        if sched is None:
+            return GatewayStatus(
+                tuple(nodes), self.repair_backlog(), 0, 0, self.now_ms(), VERSION, self.config.mode, simulated
+            )
+        b = sched.backlog()
+        return GatewayStatus(
+            tuple(nodes),
+            self.repair_backlog(),
+            b.shards,
+            b.spooled_bytes,
+            self.now_ms(),
+            VERSION,
+            self.config.mode,
+            simulated,
+            b.backlog_bytes,
+            0 if b.durable_at is None else math.ceil(b.durable_at * 1000),
+            0 if b.bound_at is None else math.ceil(b.bound_at * 1000),
+            b.restores_in_progress,
+        )
 
     def repair_backlog(self) -> RepairBacklog:
         return self.repairer.backlog()

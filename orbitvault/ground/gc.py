@@ -5,8 +5,9 @@
    shards are deleted and the upload forgotten. A live owner's uploads are never touched.
 2. Tombstones (shards of deleted or replaced versions that could not be deleted at once because
    their node was down): deleted when the node answers.
-3. Orphans: shards a node holds that the catalog does not know (not placed, not pending, e.g.
-   found after a rebuild), older than `pending_ttl_s` so nothing in flight is ever mistaken.
+3. Orphans: shards a node holds that the catalog does not know (not placed, not pending, not a
+   spooled shard's upload or relay copy, e.g. found after a rebuild), older than `pending_ttl_s`
+   so nothing in flight is ever mistaken.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _owner_dead(p: PendingUpload, live_owners: set[str]) -> bool:
 
 
 def _collect_orphans(catalog: Catalog, pipeline: Pipeline, nodes: NodeDirectory, older_than_ms: int) -> int:
-    pending = catalog.pending_shard_ids()
+    pending = catalog.pending_shard_ids() | catalog.spool_shard_ids()
     tombs = catalog.tombstone_ids()
     deleted = 0
     for st in nodes.up_nodes():

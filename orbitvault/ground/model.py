@@ -124,6 +124,24 @@ class ObjectStatus:
     stripes_recoverable: int
     predicted_durable_unix_ms: int = 0
     lost_ranges: tuple[ByteRange, ...] = ()
+    durable_bound_unix_ms: int = 0  # lower bound for predicted_durable_unix_ms (window capacity)
+    stripe_min_in_orbit: int = 0  # fewest shards in orbit of any stripe
+
+
+class RestoreState(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    READY = "READY"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreInfo:
+    """Where a RestoreObject stands: READY (expires_unix_ms: when a staged copy is dropped, 0 for
+    none) or IN_PROGRESS with the plan's ETA and its lower bound (the RTO bound)."""
+
+    state: RestoreState
+    eta_unix_ms: int = 0
+    expires_unix_ms: int = 0
+    eta_bound_unix_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +176,12 @@ class GatewayStatus:
     spooled_bytes: int
     gateway_time_unix_ms: int
     version: str
+    mode: str = "direct"
+    simulated_clock: bool = False
+    backlog_bytes: int = 0
+    backlog_durable_unix_ms: int = 0  # RPO: the backlog DURABLE per the current plan (0: none/unknown)
+    backlog_bound_unix_ms: int = 0  # ... and its lower bound from window capacity
+    restores_in_progress: int = 0
 
 
 @dataclass(frozen=True, slots=True)

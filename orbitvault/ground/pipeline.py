@@ -11,7 +11,8 @@ Get reads only the rows holding the segments of the requested range, in batches 
 per shard, from k shards at a time (data shards and reachable nodes first). A shard that fails
 mid-read (node down, shard gone, rows damaged beyond the node's repair) is replaced by another one
 for the remaining rows; what was damaged is queued for repair. Nothing here knows *when* a shard
-travels: the scheduled mode will give the same shards to a spool instead of to links.
+travels: scheduled mode (`spool_write`) gives the same shards to the ground spool instead of to
+links, and reads take ground copies (spooled or restored shards, `ground`) before any node.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from orbitvault.ground.catalog import Catalog, ObjectRecord, PendingUpload, Shar
 from orbitvault.ground.crypto import TAG_LEN, SegmentSealer
 from orbitvault.ground.nodes import NodeDirectory
 from orbitvault.ground.placement import Candidate, place_stripe
+from orbitvault.ground.spool import GroundCopies, GroundShards
 from orbitvault.orbit.clock import Clock
 from orbitvault.storage.header import MAX_CATALOG_RECORD, ShardHeader, Sibling
 from orbitvault.storage.store import RowBatch, ShardStore
@@ -105,7 +107,9 @@ class Pipeline:
         *,
         on_damage: Callable[[list[tuple[bytes, int, int, str]]], None] | None = None,
         rng: random.Random | None = None,
+        ground: GroundCopies | None = None,
     ) -> None:
+        self.ground = ground
         self.catalog = catalog
         self.nodes = nodes
         self.pool = pool
@@ -119,12 +123,57 @@ class Pipeline:
 
     # --- put ---------------------------------------------------------------------------------------
 
+    def _encoded(
+        self, plan: WritePlan, data: Iterable[bytes]
+    ) -> Iterator[tuple[int, ObjectRecord, EncodedStripe, int, bool]]:
+        """The stream as coded stripes: (index, record, encoded, stripe count for headers, last).
+
+        The record is the final one (size, etag, stripe count) on the last stripe only. Size and
+        content_blake3 are checked before the last stripe is yielded, so a mismatch stores nothing.
+        """
+        base = plan.record
+        coder = coder_for(base.geometry)
+        sealer = SegmentSealer(plan.data_key, base.object_id)
+        reader = _Reader(data, limit=plan.declared_size)
+        hasher = blake3.blake3()
+        expected = None if plan.declared_size is None else stripe_count(plan.declared_size, base.plain_per_stripe)
+        total = 0
+        index = 0
+        while True:
+            plain = reader.read(base.plain_per_stripe)
+            last = reader.at_end()
+            total += len(plain)
+            if not plain and index > 0:
+                raise AssertionError("an empty stripe after the first")  # at_end prevents it
+            hasher.update(plain)
+            sealed = self._seal(sealer, index, plain, base.segment_size)
+            del plain
+            record = base
+            if last:
+                if plan.declared_size is not None and total != plan.declared_size:
+                    raise InvalidArgument(
+                        f"the stream carried {total} bytes but size said {plan.declared_size}; nothing was stored"
+                    )
+                etag = hasher.digest()
+                if plan.content_blake3 is not None and etag != plan.content_blake3:
+                    raise InvalidArgument(
+                        "content_blake3 does not match the data received; nothing was stored (resend the object)"
+                    )
+                record = replace(base, size=total, etag=etag, stripe_count=index + 1)
+            count = expected or (index + 1 if last else STRIPES_UNKNOWN)
+            if expected is not None and index >= expected:
+                raise InvalidArgument(f"the stream carries more than the {plan.declared_size} bytes size said")
+            encoded = coder.encode(sealed)
+            del sealed
+            yield index, record, encoded, count, last
+            if last:
+                return
+            index += 1
+
     def write(self, plan: WritePlan, data: Iterable[bytes]) -> WriteResult:
         """Store the stream as shards; returns what the catalog must commit. Cleans up on failure."""
         base = plan.record
         g = base.geometry
-        coder = coder_for(g)
-        sealer = SegmentSealer(plan.data_key, base.object_id)
         selfdesc.check_fits(base, plan.tenant_key_wrapped)
         upload_id = base.object_id
         self.catalog.begin_pending(
@@ -132,49 +181,17 @@ class Pipeline:
                 upload_id, plan.owner, os.getpid(), base.created_unix_ms, "put", base.tenant, base.bucket, base.key
             )
         )
-        reader = _Reader(data, limit=plan.declared_size)
-        hasher = blake3.blake3()
-        expected = None if plan.declared_size is None else stripe_count(plan.declared_size, base.plain_per_stripe)
         in_flight: deque[_InFlight] = deque()
         stripes: list[StripeRecord] = []
         failed: list[tuple[int, int, ShardLoc | None]] = []
-        total = 0
-        index = 0
+        record = base
         try:
-            while True:
-                plain = reader.read(base.plain_per_stripe)
-                last = reader.at_end()
-                total += len(plain)
-                if not plain and index > 0:
-                    raise AssertionError("an empty stripe after the first")  # at_end prevents it
-                hasher.update(plain)
-                sealed = self._seal(sealer, index, plain, base.segment_size)
-                del plain
-                record = base
-                if last:
-                    if plan.declared_size is not None and total != plan.declared_size:
-                        raise InvalidArgument(
-                            f"the stream carried {total} bytes but size said {plan.declared_size}; nothing was stored"
-                        )
-                    etag = hasher.digest()
-                    if plan.content_blake3 is not None and etag != plan.content_blake3:
-                        raise InvalidArgument(
-                            "content_blake3 does not match the data received; nothing was stored (resend the object)"
-                        )
-                    record = replace(base, size=total, etag=etag, stripe_count=index + 1)
-                count = expected or (index + 1 if last else STRIPES_UNKNOWN)
-                if expected is not None and index >= expected:
-                    raise InvalidArgument(f"the stream carries more than the {plan.declared_size} bytes size said")
-                flight = self._send_stripe(
-                    record, plan.tenant_key_wrapped, coder.encode(sealed), index, count, complete=last
-                )
-                del sealed
+            for index, record, encoded, count, last in self._encoded(plan, data):
+                flight = self._send_stripe(record, plan.tenant_key_wrapped, encoded, index, count, complete=last)
+                del encoded
                 in_flight.append(flight)
                 while len(in_flight) > 1:
                     self._settle(in_flight.popleft(), g, stripes, failed)
-                if last:
-                    break
-                index += 1
             while in_flight:
                 self._settle(in_flight.popleft(), g, stripes, failed)
         except Exception:
@@ -185,6 +202,34 @@ class Pipeline:
             self.discard(upload_id)
             raise
         return WriteResult(record, stripes, failed)
+
+    def spool_write(self, plan: WritePlan, data: Iterable[bytes], spool: GroundShards) -> WriteResult:
+        """Scheduled mode: seal and code exactly as `write`, but store every shard in the ground
+        spool (each file synced) instead of sending it. Nothing is in the catalog yet: the caller
+        commits the object with its spool entries; on failure the spooled files are removed."""
+        base = plan.record
+        selfdesc.check_fits(base, plan.tenant_key_wrapped)
+        stripes: list[StripeRecord] = []
+        record = base
+        try:
+            for index, current, encoded, _count, _last in self._encoded(plan, data):
+                record = current  # the final record (size, etag, stripes) comes with the last stripe
+                for rows in encoded.shards:
+                    spool.write(
+                        base.object_id,
+                        index,
+                        rows.index,
+                        rows.fragments,  # type: ignore[arg-type]
+                        rows.checksums,
+                        sync_dir=False,
+                    )
+                spool.sync(base.object_id)
+                stripes.append(StripeRecord(index, encoded.data_len, (None,) * base.geometry.n))
+                del encoded
+        except BaseException:
+            spool.remove(base.object_id)
+            raise
+        return WriteResult(record, stripes, [])
 
     @staticmethod
     def _seal(sealer: SegmentSealer, stripe: int, plain: bytearray, segment: int) -> bytearray:
@@ -375,20 +420,39 @@ class Pipeline:
 class StripeSource:
     """Reads rows of one stripe from k of its shards, switching shards when one fails.
 
-    Candidates are ordered: shards on nodes that are up, data shards first (their decode is a
-    copy), then parity; shards on nodes marked down come last (a stale mark must not make a
-    readable stripe unreadable).
+    Candidates are ordered: ground copies (spooled or restored shards: local, no link needed),
+    then shards on nodes that are up, data shards first (their decode is a copy), then parity;
+    shards on nodes marked down come last (a stale mark must not make a readable stripe
+    unreadable).
     """
 
-    def __init__(self, pipeline: Pipeline, object_id: bytes, geometry: Geometry, stripe: StripeRecord) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        object_id: bytes,
+        geometry: Geometry,
+        stripe: StripeRecord,
+        *,
+        use_ground: bool = True,
+    ) -> None:
         self.p = pipeline
         self.object_id = object_id
         self.g = geometry
         self.stripe = stripe
         self.coder = coder_for(geometry)
         nodes = pipeline.nodes
-        present = [i for i, loc in enumerate(stripe.shards) if loc is not None]
-        self.order = sorted(present, key=lambda i: (not nodes.is_up(stripe.shards[i].node_id), i))  # type: ignore[union-attr]
+        ground = pipeline.ground
+        self.on_ground = ground.shards(object_id, stripe.index) if ground is not None and use_ground else set()
+        present = [i for i, loc in enumerate(stripe.shards) if loc is not None or i in self.on_ground]
+
+        def rank(i: int) -> tuple[int, int]:
+            if i in self.on_ground:
+                return (0, i)
+            loc = stripe.shards[i]
+            assert loc is not None
+            return (1 if nodes.is_up(loc.node_id) else 2, i)
+
+        self.order = sorted(present, key=rank)
         self.active: list[int] = []
         self.failed: dict[int, str] = {}
         self.unreachable = 0
@@ -420,6 +484,18 @@ class StripeSource:
 
     def _get_rows(self, i: int, r0: int, r1: int) -> ShardRows:
         loc = self.stripe.shards[i]
+        if i in self.on_ground:
+            assert self.p.ground is not None
+            try:
+                fetched = self.p.ground.get_rows(self.object_id, self.stripe.index, i, r0, r1 - r0)
+                return ShardRows(i, r0, list(fetched.fragments), list(fetched.checksums))
+            except NotFound:
+                # The object went DURABLE meanwhile and its spool copy was dropped: read it in orbit.
+                self.on_ground.discard(i)
+                fresh = self.p.catalog.stripe(self.object_id, self.stripe.index)
+                loc = fresh.shards[i] if fresh is not None else None
+                if loc is None:
+                    raise Unavailable(f"shard {i} left the ground before it reached orbit") from None
         assert loc is not None
         link = self.p.nodes.link(loc.node_id)
         if link is None:
@@ -432,10 +508,11 @@ class StripeSource:
 
     def _fail(self, i: int, exc: OrbitVaultError) -> None:
         loc = self.stripe.shards[i]
-        assert loc is not None
         self.failed[i] = str(exc)
         if i in self.active:
             self.active.remove(i)
+        if loc is None or i in self.on_ground:
+            return  # a ground copy: nothing in orbit to mark down or repair
         if isinstance(exc, Unavailable):
             self.unreachable += 1
             self.p.nodes.mark_down(loc.node_id, str(exc))
@@ -443,6 +520,8 @@ class StripeSource:
             self._report(i, "missing on node" if isinstance(exc, NotFound) else "unreadable on node")
 
     def _report(self, i: int, reason: str) -> None:
+        if i in self.on_ground or self.stripe.shards[i] is None:
+            return  # damage in a ground copy: the shard in orbit (if any) is not affected
         if i not in self.damaged_reported:
             self.damaged_reported.add(i)
             self.p.on_damage([(self.object_id, self.stripe.index, i, reason)])

@@ -14,6 +14,10 @@ start (pending uploads of a crashed predecessor) and every `pending_ttl_s`; a re
 (every `checkpoint_every` changes or `checkpoint_interval_s`). A failing duty is logged and tried
 again next time; it never stops the server.
 
+Scheduled mode (`mode = "scheduled"`, or puts asking for it): the executor of contact-plan
+transfers runs in its own thread (`ground/scheduled.py`); with `clock = "simulated"` it advances
+the simulated clock from event to event, so a day of passes runs in seconds.
+
 Metrics (prometheus-client, on `metrics_port`): puts/gets and their bytes, puts in flight, the
 repair backlog, nodes up, repair/GC/checkpoint counters. Logs are the node's key=value lines.
 """
@@ -343,6 +347,8 @@ def _start(
         log.warning("node refresh at start failed error=%r", str(exc))
     maint = Maintenance(gateway, config) if maintenance else None
     metrics = _start_metrics(config, service, gateway, maint, host) if config.metrics_port else None
+    # Scheduled mode's executor, before the first put can arrive: it clears spool leftovers first.
+    gateway.start_scheduler()
     server.start()
     for name in ("", SERVICE_NAME):
         health_service.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -14,6 +14,9 @@ what the domain needs to pick another node.
   result is a `FetchedRows` with None for those rows, so the domain decodes exactly them from
   other shards. A DATA_LOSS before all rows arrived (e.g. an unreadable header) stays an error.
 - ListShards pages are followed until `limit` shards are collected or the node has no more.
+- Scheduled mode: `put_rows` is PutShard with an upload id (rows commit as they arrive, a cut
+  stream keeps them), `head_shard` is HeadShard (NOT_FOUND -> None), `forward_shard` is
+  ForwardShard with a row limit (what one inter-satellite window carries).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from collections.abc import Iterable, Iterator
 import grpc
 
 from orbitvault.erasure.stripe import CHECKSUM_LEN
-from orbitvault.errors import DataLoss, InvalidArgument, OrbitVaultError, Unavailable
-from orbitvault.ground.ports import FetchedRows, NodeStatus
+from orbitvault.errors import DataLoss, InvalidArgument, NotFound, OrbitVaultError, Unavailable
+from orbitvault.ground.ports import FetchedRows, NodeStatus, UploadProgress
 from orbitvault.grpc import convert
 from orbitvault.grpc.status import error_from_rpc
 from orbitvault.grpc.tls import open_channel
@@ -136,6 +139,7 @@ class GrpcNodeLink:
             capacity_bytes=msg.capacity_bytes,
             used_bytes=msg.used_bytes,
             shard_count=msg.shard_count,
+            satellite=msg.satellite,
         )
 
     # --- PutShard ---------------------------------------------------------------------------------
@@ -159,6 +163,73 @@ class GrpcNodeLink:
             if failure:  # grpc cancels the call when the request iterator raises; the cause is ours
                 raise failure[0] from None
             raise self._error(err, f"PutShard {header.shard_id.hex()[:16]} failed") from err
+
+    def put_rows(
+        self, header: ShardHeader, upload_id: bytes, rows: Iterable[RowBatch], *, resume: bool
+    ) -> UploadProgress:
+        """A resumable PutShard carrying `rows` (a row range); returns what the node has committed."""
+        failure: list[BaseException] = []
+        sent = [0]
+
+        def counted() -> Iterator[RowBatch]:
+            for batch in rows:
+                sent[0] += sum(len(f) for f in batch.fragments) + sum(len(c) for c in batch.checksums)
+                yield batch
+
+        def messages() -> Iterator[pb.PutShardRequest]:
+            start = pb.PutShardStart(header=convert.header_to_proto(header), upload_id=upload_id, resume=resume)
+            yield pb.PutShardRequest(start=start)
+            try:
+                yield from _pack_rows(counted())
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        frag_len = header.geometry.fragment_size + 80 + 32
+        try:
+            resp = self._get_stub().PutShard(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
+        except grpc.RpcError as err:
+            if failure:
+                raise failure[0] from None
+            raise self._error(err, f"PutShard (upload) {header.shard_id.hex()[:16]} failed") from err
+        return UploadProgress(resp.committed_rows, resp.complete, sent[0], upload_id)
+
+    def head_shard(self, shard_id: bytes) -> UploadProgress | None:
+        try:
+            msg = self._get_stub().HeadShard(pb.HeadShardRequest(shard_id=shard_id), timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            exc = self._error(err, f"HeadShard {shard_id.hex()[:16]} failed")
+            if isinstance(exc, NotFound):
+                return None
+            raise exc from err
+        info = msg.shard
+        complete = info.state == pb.SHARD_STATE_COMPLETE
+        rows = info.header.row_count if complete else info.committed_rows
+        return UploadProgress(rows, complete, 0, bytes(info.upload_id))
+
+    def forward_shard(
+        self,
+        shard_id: bytes,
+        target_address: str,
+        *,
+        target_node_id: bytes,
+        upload_id: bytes,
+        row_limit: int = 0,
+        delete_after: bool = False,
+    ) -> UploadProgress:
+        request = pb.ForwardShardRequest(
+            shard_id=shard_id,
+            target_address=target_address,
+            target_node_id=target_node_id,
+            upload_id=upload_id,
+            row_limit=row_limit,
+            delete_after=delete_after,
+        )
+        try:
+            resp = self._get_stub().ForwardShard(request, timeout=self._bulk_timeout(64 << 20))
+        except grpc.RpcError as err:
+            raise self._error(err, f"ForwardShard {shard_id.hex()[:16]} to {target_address} failed") from err
+        return UploadProgress(resp.committed_rows, resp.complete, resp.bytes_sent, upload_id)
 
     # --- GetShard ---------------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ class NodeServer:
             self._metrics.shutdown()
         if self._peer_client is not None:
             self._peer_client.close()
+        self.service.close()
         # Cancelled puts unwind through store.put (nothing is committed); wait for them so the
         # store is not closed under a running transaction.
         if self.service.wait_puts_done(_UNWIND_S):
@@ -168,6 +169,7 @@ def _start(
         repair=repair,
         max_concurrent_puts=config.max_concurrent_puts,
         roles=RoleCheck(tls=files is not None),
+        peer_tls=files,  # ForwardShard calls peers with this node's own certificate
     )
     health_service = health.HealthServicer(experimental_non_blocking=True)
     server = grpc.server(

@@ -27,7 +27,7 @@ import blake3
 import grpc
 
 from orbitvault.erasure.layout import Geometry
-from orbitvault.errors import FailedPrecondition, InvalidArgument, Unavailable
+from orbitvault.errors import InvalidArgument, Unavailable
 from orbitvault.ground import model, validate
 from orbitvault.ground.gateway import Gateway
 from orbitvault.ground.mfa import SESSION_PREFIX, Grant
@@ -50,6 +50,7 @@ MAX_MESSAGE_BYTES = MAX_DATA_MESSAGE + 64 * 1024  # plus the start message's fra
 TARGET_DATA_MESSAGE = 1024 * 1024
 MAX_PAGE_TOKEN = 1024
 ID_LEN = 32
+_PUT_MODES = {pb.PUT_MODE_UNSPECIFIED: None, pb.PUT_MODE_DIRECT: "direct", pb.PUT_MODE_SCHEDULED: "scheduled"}
 
 
 # --- counters ------------------------------------------------------------------------------------
@@ -327,11 +328,9 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
         size = validate.object_size(start.size) if start.HasField("size") else None
         retention = retention_from_pb(start.retention, "start.retention") if start.HasField("retention") else None
         customer_key = _customer_key(start.customer_key, "start.customer_key")
-        if start.mode == pb.PUT_MODE_SCHEDULED:
-            raise FailedPrecondition(
-                "scheduled puts (spooled for contact windows) are not available on this gateway yet; "
-                "send mode DIRECT or leave it unset"
-            )
+        mode = _PUT_MODES.get(start.mode)
+        if start.mode not in _PUT_MODES:
+            raise InvalidArgument(f"start.mode {start.mode} is not a put mode")
         if start.content_blake3 and len(start.content_blake3) != ID_LEN:
             raise InvalidArgument(f"start.content_blake3 must be {ID_LEN} bytes (blake3 of the data)")
         mfa = self._mfa(context, p)
@@ -351,6 +350,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
                 customer_key=customer_key,
                 content_blake3=bytes(start.content_blake3) or None,
                 mfa=mfa,
+                mode=mode,
             )
         except BaseException:
             self.counters.add(puts_in_flight=-1, puts_failed=1)
@@ -487,20 +487,30 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
             stripes_recoverable=st.stripes_recoverable,
             predicted_durable_unix_ms=st.predicted_durable_unix_ms,
             lost_ranges=[pb.ByteRange(offset=r.offset, length=r.length) for r in st.lost_ranges],
+            durable_bound_unix_ms=st.durable_bound_unix_ms,
+            stripe_min_in_orbit=st.stripe_min_in_orbit,
         )
 
     @rpc_errors
     def RestoreObject(
         self, request: pb.RestoreObjectRequest, context: grpc.ServicerContext
     ) -> pb.RestoreObjectResponse:
-        """Direct mode: every object's shards are reachable now, so a restore is READY at once (no
-        staged copy); scheduled contact windows (a later issue) will give real ETAs."""
+        """READY when the object reads now (direct mode, or a ground copy); else the gateway plans
+        the downlinks over the contact plan and answers IN_PROGRESS with the ETA (poll again)."""
         p = self._principal(context)
         _names(request.bucket, request.key)
         if request.keep_for_ms < 0:
             raise InvalidArgument("keep_for_ms must not be negative")
-        self.gateway.head_object(p, request.bucket, request.key, version_id=_version(request.version_id))
-        return pb.RestoreObjectResponse(state=pb.RESTORE_STATE_READY)
+        info = self.gateway.restore_object(
+            p, request.bucket, request.key, version_id=_version(request.version_id), keep_for_ms=request.keep_for_ms
+        )
+        state = pb.RESTORE_STATE_READY if info.state is model.RestoreState.READY else pb.RESTORE_STATE_IN_PROGRESS
+        return pb.RestoreObjectResponse(
+            state=state,
+            eta_unix_ms=info.eta_unix_ms,
+            expires_unix_ms=info.expires_unix_ms,
+            eta_bound_unix_ms=info.eta_bound_unix_ms,
+        )
 
     @rpc_errors
     def GetGatewayStatus(
@@ -540,6 +550,12 @@ def gateway_status_to_pb(st: model.GatewayStatus) -> pb.GetGatewayStatusResponse
         spooled_bytes=st.spooled_bytes,
         gateway_time_unix_ms=st.gateway_time_unix_ms,
         version=st.version,
+        mode=st.mode,
+        simulated_clock=st.simulated_clock,
+        backlog_bytes=st.backlog_bytes,
+        backlog_durable_unix_ms=st.backlog_durable_unix_ms,
+        backlog_bound_unix_ms=st.backlog_bound_unix_ms,
+        restores_in_progress=st.restores_in_progress,
     )
 
 

@@ -3,8 +3,11 @@
 It converts and bounds what arrives (`convert`), calls the store, and packs what goes out into
 messages of about 1 MiB; every raised orbitvault error becomes its status in `status.rpc_errors`.
 PutShard is all-or-nothing without an upload id (direct mode) and resumable with one (scheduled
-mode: rows commit as they arrive, HeadShard tells where to continue). ForwardShard arrives with
-the scheduler (issue 6) and is refused with FAILED_PRECONDITION until then.
+mode: rows commit as they arrive, HeadShard tells where to continue). ForwardShard is
+store-and-forward over an inter-satellite link: this node pushes a complete shard it holds to a
+peer with a resumable PutShard, starting where the peer's upload stands (HeadShard), sending only
+rows the peer lacks, up to the row limit the scheduler planned for the window (or until the
+deadline, paced at the rate limit). The peer channel uses the node's own mTLS certificate.
 
 Authorization (mTLS, `tls.RoleCheck`): every call, write or read, needs a gateway or node
 certificate; a client certificate is refused with PERMISSION_DENIED before a byte of a stream is
@@ -18,19 +21,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
 from orbitvault import __version__
 from orbitvault.errors import DataLoss, FailedPrecondition, InvalidArgument, OrbitVaultError, Unavailable
 from orbitvault.grpc import convert
-from orbitvault.grpc.status import rpc_errors
-from orbitvault.grpc.tls import NODE_OR_GATEWAY, RoleCheck
+from orbitvault.grpc.status import error_from_rpc, rpc_errors
+from orbitvault.grpc.tls import NODE_OR_GATEWAY, RoleCheck, TlsFiles, open_channel
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.grpc.v1 import shard_store_pb2_grpc
 from orbitvault.orbit.clock import Clock, WallClock
-from orbitvault.storage.header import ShardHeader
+from orbitvault.storage.header import ShardHeader, Sibling
 from orbitvault.storage.scrubber import ScrubState, format_rows, load_state, process_alive
 from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardStore
 
@@ -40,6 +43,10 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # Per-message framing allowance when packing rows (tags, lengths, the row number).
 _ROW_OVERHEAD = 16
+# ForwardShard: bounds on what a request may name, and how long calls to the peer may take.
+_MAX_ADDRESS = 255
+_PEER_TIMEOUT_S = 10.0
+_PEER_MIN_RATE = 2_000_000.0
 
 # Rebuild `rows` of the shard from peers and store them (store.write_row); return the rows it
 # repaired. Raising, or leaving a row out, means that row could not be repaired.
@@ -72,8 +79,12 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         max_concurrent_puts: int = 4,
         put_wait_s: float = 5.0,
         roles: RoleCheck | None = None,
+        peer_tls: TlsFiles | None = None,
     ) -> None:
         self.store = store
+        self.peer_tls = peer_tls
+        self._peer_lock = threading.Lock()
+        self._peers: dict[str, tuple[grpc.Channel, shard_store_pb2_grpc.ShardStoreStub]] = {}
         self.roles = roles or RoleCheck(tls=False)
         self.identity = identity
         self.clock = clock or WallClock()
@@ -85,6 +96,13 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         self._idle = threading.Condition()
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channels ForwardShard opened to peers."""
+        with self._peer_lock:
+            for channel, _ in self._peers.values():
+                channel.close()
+            self._peers.clear()
 
     @property
     def puts_in_flight(self) -> int:
@@ -391,7 +409,134 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
     @rpc_errors
     def ForwardShard(self, request: pb.ForwardShardRequest, context: grpc.ServicerContext) -> pb.ForwardShardResponse:
         self._authorize(context, "ForwardShard")
-        raise FailedPrecondition(
-            "ForwardShard (store-and-forward between nodes) arrives with scheduled mode (issue 6); "
-            "this node serves direct mode only"
+        sid = convert.check_id(request.shard_id, "shard_id")
+        if not 16 <= len(request.upload_id) <= 32:
+            raise InvalidArgument("upload_id is required: 16 to 32 bytes naming the transfer (reuse it to resume)")
+        address = request.target_address
+        if not address or len(address) > _MAX_ADDRESS or ":" not in address:
+            raise InvalidArgument(f'target_address must be "host:port", at most {_MAX_ADDRESS} bytes')
+        target_id = convert.check_id(request.target_node_id, "target_node_id") if request.target_node_id else b""
+        header = self.store.header(sid)  # NOT_FOUND unless the shard is complete here
+        if request.siblings:
+            if len(request.siblings) > header.geometry.n:
+                raise InvalidArgument(
+                    f"siblings has {len(request.siblings)} entries; at most k+m = {header.geometry.n}"
+                )
+            sibs = []
+            for i, sib in enumerate(request.siblings):
+                convert.check_id(sib.node_id, f"siblings[{i}].node_id")
+                convert.check_id(sib.shard_id, f"siblings[{i}].shard_id")
+                sibs.append(Sibling(sib.shard_index, bytes(sib.node_id), bytes(sib.shard_id)))
+            try:
+                header = replace(header, siblings=tuple(sibs))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"siblings: {exc}") from None
+        rows = header.row_count
+        limit = request.row_limit or rows
+        if limit > rows:
+            raise InvalidArgument(f"row_limit {request.row_limit} is beyond the shard's {rows} rows")
+        upload_id = bytes(request.upload_id)
+        stub = self._peer(address)
+        try:
+            if target_id:
+                info = stub.NodeInfo(pb.NodeInfoRequest(), timeout=_PEER_TIMEOUT_S)
+                if bytes(info.node_id) != target_id:
+                    raise FailedPrecondition(
+                        f"the node at {address} is {bytes(info.node_id).hex()[:16]}, not the target "
+                        f"{target_id.hex()[:16]}; nothing was sent"
+                    )
+            committed, complete, resume = self._peer_state(stub, sid, upload_id)
+            sent = 0
+            if not complete and committed < limit:
+                sent_box = [0]
+                batches = self._forward_rows(header, committed, limit, request, sent_box)
+                start = pb.PutShardStart(header=convert.header_to_proto(header), upload_id=upload_id, resume=resume)
+                timeout = _PEER_TIMEOUT_S + (limit - committed) * header.fragment_len(0) / _PEER_MIN_RATE
+                resp = stub.PutShard(_with_start(start, batches), timeout=timeout)
+                committed, complete, sent = resp.committed_rows, resp.complete, sent_box[0]
+        except grpc.RpcError as err:
+            exc = error_from_rpc(err)
+            raise type(exc)(f"forward to {address}: {exc}") from None
+        deleted = False
+        if complete and request.delete_after:
+            self.store.delete(sid)
+            deleted = True
+        log.info(
+            "forward shard=%s to=%s rows=%d/%d complete=%s bytes=%d deleted=%s",
+            sid.hex(),
+            address,
+            committed,
+            rows,
+            complete,
+            sent,
+            deleted,
         )
+        return pb.ForwardShardResponse(
+            complete=complete, committed_rows=committed, row_count=rows, bytes_sent=sent, source_deleted=deleted
+        )
+
+    def _peer(self, address: str) -> shard_store_pb2_grpc.ShardStoreStub:
+        """One channel per peer address, kept open (mTLS with this node's certificate)."""
+        with self._peer_lock:
+            got = self._peers.get(address)
+            if got is None:
+                try:
+                    channel = open_channel(address, self.peer_tls, convert.CHANNEL_OPTIONS)
+                except ValueError as exc:
+                    raise InvalidArgument(f"target_address {address!r}: {exc}") from None
+                got = (channel, shard_store_pb2_grpc.ShardStoreStub(channel))
+                self._peers[address] = got
+            return got[1]
+
+    @staticmethod
+    def _peer_state(stub: shard_store_pb2_grpc.ShardStoreStub, sid: bytes, upload_id: bytes) -> tuple[int, bool, bool]:
+        """(committed rows, complete, resume) of the shard on the peer: a partial upload under
+        another id is started over (the peer replaces it), one under ours is resumed."""
+        try:
+            head = stub.HeadShard(pb.HeadShardRequest(shard_id=sid), timeout=_PEER_TIMEOUT_S)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return 0, False, False
+            raise
+        info = head.shard
+        if info.state == pb.SHARD_STATE_COMPLETE:
+            return info.header.row_count, True, False
+        if bytes(info.upload_id) == upload_id:
+            return info.committed_rows, False, True
+        return 0, False, False
+
+    def _forward_rows(
+        self, header: ShardHeader, first: int, limit: int, request: pb.ForwardShardRequest, sent: list[int]
+    ) -> Iterator[pb.PutShardRequest]:
+        """Rows [first, limit) in messages of about 1 MiB, stopping at the deadline (node time) and
+        paced to the rate limit; a damaged row that cannot be repaired ends the forward there."""
+        began = time.monotonic()
+        frags: list[bytes] = []
+        sums: list[bytes] = []
+        at = first
+        size = 0
+        for r in self._read_repaired(header, range(first, limit)):
+            if request.deadline_unix_ms and self._now_ms() >= request.deadline_unix_ms:
+                break
+            if r.status is not RowStatus.OK or r.fragment is None:
+                log.warning("forward stopped at a damaged row shard=%s row=%d", header.shard_id.hex(), r.row)
+                break
+            frags.append(r.fragment)
+            sums.append(r.checksum)
+            size += len(r.fragment) + len(r.checksum)
+            sent[0] += len(r.fragment) + len(r.checksum)
+            if size >= convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE:
+                yield pb.PutShardRequest(rows=convert.row_batch_to_proto(at, frags, sums))
+                at, frags, sums, size = r.row + 1, [], [], 0
+            rate = request.max_rate_bytes_per_sec
+            if rate:
+                ahead = sent[0] / rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)  # node time, real: the node paces its own link
+        if frags:
+            yield pb.PutShardRequest(rows=convert.row_batch_to_proto(at, frags, sums))
+
+
+def _with_start(start: pb.PutShardStart, rows: Iterator[pb.PutShardRequest]) -> Iterator[pb.PutShardRequest]:
+    yield pb.PutShardRequest(start=start)
+    yield from rows

@@ -52,11 +52,16 @@ class HeldShard:
 
 @dataclass(frozen=True, slots=True)
 class RestoreStripe:
-    """A stripe to restore: any `k` of `shards` (equal sizes) rebuild it."""
+    """A stripe to restore: any `k` of `shards` (equal sizes) rebuild it.
+
+    `granule` is where a forward cut at the end of an ISL window may fall (the shard's row size):
+    the rest continues from there in the pair's next window, resending nothing.
+    """
 
     id: Hashable
     k: int
     shards: tuple[HeldShard, ...]
+    granule: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +119,10 @@ class _Stripe:
 
 
 class _Group:
-    __slots__ = ("id", "k", "size", "stripes")
+    __slots__ = ("granule", "id", "k", "size", "stripes")
 
-    def __init__(self, gid: Hashable, k: int, size: int, stripes: list[_Stripe] | None) -> None:
-        self.id, self.k, self.size, self.stripes = gid, k, size, stripes
+    def __init__(self, gid: Hashable, k: int, size: int, stripes: list[_Stripe] | None, granule: int = 1) -> None:
+        self.id, self.k, self.size, self.stripes, self.granule = gid, k, size, stripes, granule
 
 
 class _Run:
@@ -198,13 +203,15 @@ class _Restore:
                 )
                 continue
             size = sizes.pop()
+            if rs.granule < 1 or size % rs.granule:
+                raise InvalidArgument(f"stripe {rs.id!r}: granule {rs.granule} must divide the shard size {size}")
             st = _Stripe(rs.id, by_sat, self.now)
-            key = (rs.k, size, frozenset(by_sat))
+            key = (rs.k, size, rs.granule, frozenset(by_sat))
             if last is not None and last[0] == key and last[1] is self.queue[-1] and last[1].group.stripes:
                 last[1].group.stripes.append(st)
                 last[1].hi += 1
                 continue
-            run = _Run(_Group(rs.id, rs.k, size, [st]), 0, 1, frozenset(by_sat), rs.k, self.now)
+            run = _Run(_Group(rs.id, rs.k, size, [st], rs.granule), 0, 1, frozenset(by_sat), rs.k, self.now)
             self.queue.append(run)
             last = (key, run)
         for b in bulk:
@@ -317,8 +324,9 @@ class _Restore:
                 continue
             direct: Callable[[], float] = lambda run=run: self._direct_eta(run, t)  # noqa: E731
             best: tuple[float, str, list[Hop]] | None = None
+            granule = run.group.granule
             for a in sorted(run.left & sources):
-                hops = self.isl.forward(a, b, self.now, n * size)
+                hops = self.isl.forward(a, b, self.now, n * size, granule=granule)
                 if hops is None:
                     continue
                 start = max(t, g.cursor, hops[-1].arrival)
@@ -330,7 +338,7 @@ class _Restore:
             if best is None:
                 continue
             _eta, a, _ = best
-            hops = self.isl.forward(a, b, self.now, n * size, commit=True)
+            hops = self.isl.forward(a, b, self.now, n * size, granule=run.group.granule, commit=True)
             assert hops is not None
             head = self._take(idx, run, n)
             s, _e = g.take(max(t, hops[-1].arrival), n * size)

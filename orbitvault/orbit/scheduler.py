@@ -327,15 +327,19 @@ def plan_uplink(
     classes: Mapping[str, ClassPolicy] | None = None,
     exclude: Collection[str] = (),
     relays: bool = True,
+    relay_remainders: bool = True,
 ) -> Schedule:
     """Plan the queue (`items` in queue order, then `bulk`) over the plan's windows in [now, horizon].
 
     Every stripe named by an item needs a `StripeSpec`, and its in-orbit satellites plus its items
     must make k+m shards. `exclude` names lost satellites: no window to or through them is used.
+    `relay_remainders=False` never stages the rest of a cut shard on a relay (a relay that stores
+    whole shards only, like a node's store, cannot hold a shard's second half alone).
     """
     began = time.perf_counter()
     end = horizon if horizon is not None else max((c.end for c in plan.contacts), default=now)
     planner = _Uplink(plan, network, now, end, classes or {}, set(exclude), relays)
+    planner.relay_remainders = relay_remainders
     planner.load(items, stripes, bulk)
     planner.run()
     sched = planner.finish()
@@ -371,6 +375,7 @@ class _Uplink:
         self.bulk_groups: list[_Group] = []
         self.blocked: list[_Run] = []
         self.soon = now
+        self.relay_remainders = True
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -708,7 +713,7 @@ class _Uplink:
                 continue
             p = dq[0]
             left = p.size - p.offset
-            if left > room:
+            if left > room or (p.offset and not self.relay_remainders):
                 continue
             ready = max(t, g.cursor) + left / g.rate + g.owlt
             hops = self.isl.forward(a, b, ready, left, granule=p.granule, offset=p.offset)

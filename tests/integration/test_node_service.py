@@ -373,7 +373,7 @@ def test_resume_of_an_unknown_upload_is_refused(node: NodeClient, make_shard: An
     code, details = rpc_code(lambda: node.stub.PutShard(iter([resume, *shard.row_requests()])))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "no partial upload" in details
     code, details = rpc_code(lambda: node.stub.ForwardShard(pb.ForwardShardRequest(shard_id=shard.shard_id)))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "issue 6" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "upload_id" in details
     assert_empty(node)
 
 

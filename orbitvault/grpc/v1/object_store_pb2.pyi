@@ -363,7 +363,7 @@ class GetObjectStatusRequest(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., version_id: _Optional[bytes] = ...) -> None: ...
 
 class GetObjectStatusResponse(_message.Message):
-    __slots__ = ("version_id", "state", "shards_in_orbit", "shards_total", "shards_spooled", "stripes_total", "stripes_recoverable", "predicted_durable_unix_ms", "lost_ranges")
+    __slots__ = ("version_id", "state", "shards_in_orbit", "shards_total", "shards_spooled", "stripes_total", "stripes_recoverable", "predicted_durable_unix_ms", "lost_ranges", "durable_bound_unix_ms", "stripe_min_in_orbit")
     VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SHARDS_IN_ORBIT_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +373,8 @@ class GetObjectStatusResponse(_message.Message):
     STRIPES_RECOVERABLE_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_DURABLE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LOST_RANGES_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_BOUND_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_MIN_IN_ORBIT_FIELD_NUMBER: _ClassVar[int]
     version_id: bytes
     state: DurabilityState
     shards_in_orbit: int
@@ -382,7 +384,9 @@ class GetObjectStatusResponse(_message.Message):
     stripes_recoverable: int
     predicted_durable_unix_ms: int
     lost_ranges: _containers.RepeatedCompositeFieldContainer[ByteRange]
-    def __init__(self, version_id: _Optional[bytes] = ..., state: _Optional[_Union[DurabilityState, str]] = ..., shards_in_orbit: _Optional[int] = ..., shards_total: _Optional[int] = ..., shards_spooled: _Optional[int] = ..., stripes_total: _Optional[int] = ..., stripes_recoverable: _Optional[int] = ..., predicted_durable_unix_ms: _Optional[int] = ..., lost_ranges: _Optional[_Iterable[_Union[ByteRange, _Mapping]]] = ...) -> None: ...
+    durable_bound_unix_ms: int
+    stripe_min_in_orbit: int
+    def __init__(self, version_id: _Optional[bytes] = ..., state: _Optional[_Union[DurabilityState, str]] = ..., shards_in_orbit: _Optional[int] = ..., shards_total: _Optional[int] = ..., shards_spooled: _Optional[int] = ..., stripes_total: _Optional[int] = ..., stripes_recoverable: _Optional[int] = ..., predicted_durable_unix_ms: _Optional[int] = ..., lost_ranges: _Optional[_Iterable[_Union[ByteRange, _Mapping]]] = ..., durable_bound_unix_ms: _Optional[int] = ..., stripe_min_in_orbit: _Optional[int] = ...) -> None: ...
 
 class RestoreObjectRequest(_message.Message):
     __slots__ = ("bucket", "key", "version_id", "keep_for_ms")
@@ -397,14 +401,16 @@ class RestoreObjectRequest(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., version_id: _Optional[bytes] = ..., keep_for_ms: _Optional[int] = ...) -> None: ...
 
 class RestoreObjectResponse(_message.Message):
-    __slots__ = ("state", "eta_unix_ms", "expires_unix_ms")
+    __slots__ = ("state", "eta_unix_ms", "expires_unix_ms", "eta_bound_unix_ms")
     STATE_FIELD_NUMBER: _ClassVar[int]
     ETA_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ETA_BOUND_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     state: RestoreState
     eta_unix_ms: int
     expires_unix_ms: int
-    def __init__(self, state: _Optional[_Union[RestoreState, str]] = ..., eta_unix_ms: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
+    eta_bound_unix_ms: int
+    def __init__(self, state: _Optional[_Union[RestoreState, str]] = ..., eta_unix_ms: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., eta_bound_unix_ms: _Optional[int] = ...) -> None: ...
 
 class GetGatewayStatusRequest(_message.Message):
     __slots__ = ()
@@ -451,17 +457,29 @@ class RepairBacklog(_message.Message):
     def __init__(self, shards_missing: _Optional[int] = ..., rows_damaged: _Optional[int] = ..., bytes_pending: _Optional[int] = ..., stripes_at_risk: _Optional[int] = ..., oldest_pending_unix_ms: _Optional[int] = ...) -> None: ...
 
 class GetGatewayStatusResponse(_message.Message):
-    __slots__ = ("nodes", "repair", "spooled_shards", "spooled_bytes", "gateway_time_unix_ms", "version")
+    __slots__ = ("nodes", "repair", "spooled_shards", "spooled_bytes", "gateway_time_unix_ms", "version", "mode", "simulated_clock", "backlog_bytes", "backlog_durable_unix_ms", "backlog_bound_unix_ms", "restores_in_progress")
     NODES_FIELD_NUMBER: _ClassVar[int]
     REPAIR_FIELD_NUMBER: _ClassVar[int]
     SPOOLED_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SPOOLED_BYTES_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_DURABLE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BOUND_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORES_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[GatewayNode]
     repair: RepairBacklog
     spooled_shards: int
     spooled_bytes: int
     gateway_time_unix_ms: int
     version: str
-    def __init__(self, nodes: _Optional[_Iterable[_Union[GatewayNode, _Mapping]]] = ..., repair: _Optional[_Union[RepairBacklog, _Mapping]] = ..., spooled_shards: _Optional[int] = ..., spooled_bytes: _Optional[int] = ..., gateway_time_unix_ms: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    mode: str
+    simulated_clock: bool
+    backlog_bytes: int
+    backlog_durable_unix_ms: int
+    backlog_bound_unix_ms: int
+    restores_in_progress: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[GatewayNode, _Mapping]]] = ..., repair: _Optional[_Union[RepairBacklog, _Mapping]] = ..., spooled_shards: _Optional[int] = ..., spooled_bytes: _Optional[int] = ..., gateway_time_unix_ms: _Optional[int] = ..., version: _Optional[str] = ..., mode: _Optional[str] = ..., simulated_clock: _Optional[bool] = ..., backlog_bytes: _Optional[int] = ..., backlog_durable_unix_ms: _Optional[int] = ..., backlog_bound_unix_ms: _Optional[int] = ..., restores_in_progress: _Optional[int] = ...) -> None: ...

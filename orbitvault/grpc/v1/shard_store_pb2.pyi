@@ -299,7 +299,7 @@ class NodeInfoResponse(_message.Message):
     def __init__(self, node_id: _Optional[bytes] = ..., name: _Optional[str] = ..., satellite: _Optional[str] = ..., plane: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., shard_count: _Optional[int] = ..., partial_upload_count: _Optional[int] = ..., scrub: _Optional[_Union[ScrubState, _Mapping]] = ..., node_time_unix_ms: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ForwardShardRequest(_message.Message):
-    __slots__ = ("shard_id", "target_address", "target_node_id", "upload_id", "deadline_unix_ms", "max_rate_bytes_per_sec", "delete_after", "siblings")
+    __slots__ = ("shard_id", "target_address", "target_node_id", "upload_id", "deadline_unix_ms", "max_rate_bytes_per_sec", "delete_after", "siblings", "row_limit")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +308,7 @@ class ForwardShardRequest(_message.Message):
     MAX_RATE_BYTES_PER_SEC_FIELD_NUMBER: _ClassVar[int]
     DELETE_AFTER_FIELD_NUMBER: _ClassVar[int]
     SIBLINGS_FIELD_NUMBER: _ClassVar[int]
+    ROW_LIMIT_FIELD_NUMBER: _ClassVar[int]
     shard_id: bytes
     target_address: str
     target_node_id: bytes
@@ -316,7 +317,8 @@ class ForwardShardRequest(_message.Message):
     max_rate_bytes_per_sec: int
     delete_after: bool
     siblings: _containers.RepeatedCompositeFieldContainer[_common_pb2.ShardLocation]
-    def __init__(self, shard_id: _Optional[bytes] = ..., target_address: _Optional[str] = ..., target_node_id: _Optional[bytes] = ..., upload_id: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., max_rate_bytes_per_sec: _Optional[int] = ..., delete_after: _Optional[bool] = ..., siblings: _Optional[_Iterable[_Union[_common_pb2.ShardLocation, _Mapping]]] = ...) -> None: ...
+    row_limit: int
+    def __init__(self, shard_id: _Optional[bytes] = ..., target_address: _Optional[str] = ..., target_node_id: _Optional[bytes] = ..., upload_id: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., max_rate_bytes_per_sec: _Optional[int] = ..., delete_after: _Optional[bool] = ..., siblings: _Optional[_Iterable[_Union[_common_pb2.ShardLocation, _Mapping]]] = ..., row_limit: _Optional[int] = ...) -> None: ...
 
 class ForwardShardResponse(_message.Message):
     __slots__ = ("complete", "committed_rows", "row_count", "bytes_sent", "source_deleted")
