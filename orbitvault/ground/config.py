@@ -52,7 +52,6 @@ so a typo never silently falls back to a default; every error names the key and 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -65,7 +64,12 @@ import platformdirs
 
 from orbitvault.errors import InvalidArgument
 from orbitvault.orbit.timeutil import parse_time
-from orbitvault.storage.config import TLS_KEYS, check_tls_settings, parse_address, parse_size
+from orbitvault.settings import int_range as _int_range
+from orbitvault.settings import parse_address, parse_size
+from orbitvault.settings import positive as _positive
+from orbitvault.settings import size_or_zero as _size_or_zero
+from orbitvault.settings import to_bool as _bool
+from orbitvault.storage.config import TLS_KEYS, check_tls_settings
 
 ENV_PREFIX = "ORBITVAULT_GATEWAY_"
 DEFAULT_LISTEN = "127.0.0.1:7300"
@@ -286,14 +290,6 @@ def _non_negative(value: Any, what: str) -> float:
     return _positive(value, what)
 
 
-def _bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    raise InvalidArgument(f"{what} must be true or false, got {value!r}")
-
-
 def _path(value: Any, what: str) -> Path:
     if not isinstance(value, str | os.PathLike) or not str(value).strip():
         raise InvalidArgument(f"{what} must be a path, got {value!r}")
@@ -324,36 +320,3 @@ def _addresses(value: Any, what: str) -> tuple[str, ...]:
     if len(set(out)) != len(out):
         raise InvalidArgument(f"{what} lists a node address twice")
     return out
-
-
-def _positive(value: Any, what: str) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        n = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(n) or n <= 0:
-        raise InvalidArgument(f"{what} must be greater than 0, got {value!r}")
-    return n
-
-
-def _int_range(lo: int, hi: int) -> Any:
-    def conv(value: Any, what: str) -> int:
-        try:
-            if isinstance(value, bool | float):
-                raise ValueError
-            n = int(value)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"{what} must be an integer, got {value!r}") from None
-        if not lo <= n <= hi:
-            raise InvalidArgument(f"{what} must be {lo}..{hi}, got {n}")
-        return n
-
-    return conv
-
-
-def _size_or_zero(value: Any, what: str) -> int:
-    if value in (0, "0"):
-        return 0
-    return parse_size(value, what)

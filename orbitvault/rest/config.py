@@ -38,13 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from orbitvault.errors import InvalidArgument
-from orbitvault.storage.config import parse_address, parse_size
+from orbitvault.settings import int_range as _int_range
+from orbitvault.settings import parse_address, parse_size
+from orbitvault.settings import positive as _positive
+from orbitvault.settings import size_or_zero as _size_or_zero
+from orbitvault.settings import to_bool as _bool
 
 ENV_PREFIX = "ORBITVAULT_REST_"
 DEFAULT_LISTEN = "127.0.0.1:8000"
 DEFAULT_MAX_OBJECT = 2**30
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,44 +172,3 @@ def _log_target(value: Any, what: str) -> str:
     if not isinstance(value, str | os.PathLike):
         raise InvalidArgument(f'{what} must be a file path, "-" (stderr) or "" (off), got {value!r}')
     return str(value)
-
-
-def _bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidArgument(f"{what} must be true or false, got {value!r}")
-
-
-def _size_or_zero(value: Any, what: str) -> int:
-    if value in (0, "0", ""):
-        return 0
-    return parse_size(value, what)
-
-
-def _positive(value: Any, what: str) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        n = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(n) or n <= 0:
-        raise InvalidArgument(f"{what} must be greater than 0, got {value!r}")
-    return n
-
-
-def _int_range(lo: int, hi: int) -> Any:
-    def conv(value: Any, what: str) -> int:
-        try:
-            if isinstance(value, bool | float):
-                raise ValueError
-            n = int(value)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"{what} must be an integer, got {value!r}") from None
-        if not lo <= n <= hi:
-            raise InvalidArgument(f"{what} must be {lo}..{hi}, got {n}")
-        return n
-
-    return conv

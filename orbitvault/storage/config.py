@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,29 +41,14 @@ from typing import Any
 import platformdirs
 
 from orbitvault.errors import InvalidArgument
+from orbitvault.settings import int_range as _int_range
+from orbitvault.settings import parse_address, parse_size
+from orbitvault.settings import to_bool as _bool
 
 ENV_PREFIX = "ORBITVAULT_NODE_"
 MAX_NAME_BYTES = 64
 DEFAULT_NAME = "node"
 DEFAULT_LISTEN = "127.0.0.1:0"
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "pb": 10**15,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "pib": 2**50,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,44 +115,6 @@ def load_node_config(
             _check_key(key, "flags")
             raw[key] = (value, f"flag --{key.replace('_', '-').replace('.', '-')}")
     return _build(raw)
-
-
-def parse_size(value: Any, what: str = "size") -> int:
-    """Bytes from an integer or a string such as "100GiB", "1.5 TB", "4096"."""
-    if isinstance(value, bool):
-        raise InvalidArgument(f'{what} must be a number of bytes or a size such as "100GiB", got {value!r}')
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str):
-        m = _SIZE.match(value)
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            raise InvalidArgument(
-                f"{what} {value!r} is not a size; use bytes or a number with one of "
-                "B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB"
-            )
-        n = math.floor(float(m.group(1)) * _UNITS[unit])
-    else:
-        raise InvalidArgument(f'{what} must be a number of bytes or a size such as "100GiB", got {value!r}')
-    if n <= 0:
-        raise InvalidArgument(f"{what} must be positive, got {value!r}")
-    return n
-
-
-def parse_address(value: Any, what: str, *, allow_port_zero: bool) -> str:
-    """Check a "host:port" address ("[v6]:port" for IPv6); returns it unchanged."""
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(f'{what} must be an address "host:port", got {value!r}')
-    value = value.strip()
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise InvalidArgument(f'{what} {value!r} must be "host:port" (e.g. "127.0.0.1:7400")')
-    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise InvalidArgument(f'{what} {value!r}: write IPv6 hosts in brackets, e.g. "[::1]:7400"')
-    lo = 0 if allow_port_zero else 1
-    if not lo <= int(port) <= 65535:
-        raise InvalidArgument(f"{what} {value!r}: port must be {lo}..65535")
-    return value
 
 
 # --- internals -------------------------------------------------------------------------------------
@@ -293,14 +239,6 @@ def _path(value: Any, what: str) -> Path:
     return Path(value).expanduser()
 
 
-def _bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidArgument(f"{what} must be true or false, got {value!r}")
-
-
 def _number(*, minimum: float, strict: bool) -> Any:
     def conv(value: Any, what: str) -> float:
         try:
@@ -313,21 +251,6 @@ def _number(*, minimum: float, strict: bool) -> Any:
             raise InvalidArgument(
                 f"{what} must be {'greater than' if strict else 'at least'} {minimum:g}, got {value!r}"
             )
-        return n
-
-    return conv
-
-
-def _int_range(lo: int, hi: int) -> Any:
-    def conv(value: Any, what: str) -> int:
-        try:
-            if isinstance(value, bool | float):
-                raise ValueError
-            n = int(value)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"{what} must be an integer, got {value!r}") from None
-        if not lo <= n <= hi:
-            raise InvalidArgument(f"{what} must be {lo}..{hi}, got {n}")
         return n
 
     return conv
