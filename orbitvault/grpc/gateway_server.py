@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -47,6 +45,7 @@ from orbitvault.grpc.guard import MalformedRequestInterceptor
 from orbitvault.grpc.node_link import GrpcNodeLink
 from orbitvault.grpc.node_server import configure_logging
 from orbitvault.grpc.object_service import MAX_MESSAGE_BYTES, ObjectStoreService, ServiceCounters
+from orbitvault.grpc.process import stop_on_signal
 from orbitvault.grpc.tls import RoleCheck, TlsFiles, add_port, channel_credentials, server_credentials, tls_files
 from orbitvault.grpc.v1 import object_store_pb2, object_store_pb2_grpc
 from orbitvault.orbit.clock import Clock
@@ -399,18 +398,7 @@ def run(
     **kwargs: Any,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then stop gracefully; `announce` gets the bound address."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting now signal=%s", signal.Signals(signum).name)
-            logging.shutdown()
-            os._exit(1)
-        log.info("signal received signal=%s", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signal(log) as stop:
         gw = serve(config, **kwargs)
         try:
             if announce is not None:
@@ -421,9 +409,6 @@ def run(
                 pass
         finally:
             gw.stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # --- metrics -----------------------------------------------------------------------------------------

@@ -13,15 +13,12 @@ Logs are key=value lines (`configure_logging`), so they can be grepped and parse
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -31,6 +28,7 @@ from orbitvault.errors import FailedPrecondition
 from orbitvault.grpc.convert import MAX_MESSAGE_BYTES
 from orbitvault.grpc.guard import MalformedRequestInterceptor
 from orbitvault.grpc.peers import GrpcPeerRows
+from orbitvault.grpc.process import stop_on_signal
 from orbitvault.grpc.shard_service import NodeIdentity, Repairer, ShardStoreService
 from orbitvault.grpc.tls import RoleCheck, TlsFiles, add_port, server_credentials, tls_files
 from orbitvault.grpc.v1 import shard_store_pb2, shard_store_pb2_grpc
@@ -227,18 +225,7 @@ def _start_scrubber(
 
 def run(config: NodeConfig, *, announce: Callable[[str], None] | None = None, **kwargs: Any) -> None:
     """Serve until SIGTERM/SIGINT, then stop gracefully; `announce` gets the bound address."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting now signal=%s", signal.Signals(signum).name)
-            logging.shutdown()
-            os._exit(1)
-        log.info("signal received signal=%s", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signal(log) as stop:
         node = serve(config, **kwargs)
         try:
             if announce is not None:
@@ -247,9 +234,6 @@ def run(config: NodeConfig, *, announce: Callable[[str], None] | None = None, **
                 pass
         finally:
             node.stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # --- metrics -----------------------------------------------------------------------------------------
