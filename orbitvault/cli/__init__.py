@@ -12,7 +12,8 @@ import click
 from orbitvault import __version__
 from orbitvault.cli.backup import register as register_backup
 from orbitvault.cli.constellation import constellation
-from orbitvault.cli.demo import demo
+from orbitvault.cli.demo import erasure_demo
+from orbitvault.cli.drill import demo
 from orbitvault.cli.gateway import gateway
 from orbitvault.cli.node import node
 from orbitvault.cli.orbit import orbit
@@ -27,6 +28,7 @@ def cli() -> None:
 
 cli.add_command(constellation)
 cli.add_command(demo)
+cli.add_command(erasure_demo)
 cli.add_command(gateway)
 cli.add_command(node)
 cli.add_command(orbit)

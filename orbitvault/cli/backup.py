@@ -7,7 +7,9 @@ attaches every command to the top-level `orbitvault` group.
 
 from __future__ import annotations
 
+import contextlib
 import stat as statmod
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -396,11 +398,24 @@ def restore(
     tags: tuple[str, ...],
     paths: tuple[str, ...],
 ) -> None:
-    """Restore a snapshot into --target. Nothing is ever written outside the target."""
+    """Restore a snapshot into --target. Nothing is ever written outside the target.
+
+    From an orbit:// repository whose gateway keeps objects in orbit (scheduled mode), the objects
+    needed are first restored from orbit (RestoreObject), in three rounds: metadata, trees, then
+    the data packs; each shows its ETA on the gateway's clock and waits until it is ready.
+    """
+    from orbitvault.client.cold import ColdStager, data_pack_names, metadata_names, tree_pack_names
     from orbitvault.client.restorer import RestoreOptions, Restorer
 
-    repo = ctx.open_repo(load_index=True)
-    snap = _one_snapshot(repo, snapshot_id, hosts, tags, paths)
+    backend = ctx.backend()
+    with _staging_display(ctx) as on_event:
+        stager = ColdStager.for_backend(backend, on_event=on_event)
+        if stager is not None:
+            stager.stage("metadata", metadata_names(backend))
+        repo = ctx.open_repo(load_index=True, backend=backend)
+        snap = _one_snapshot(repo, snapshot_id, hosts, tags, paths)
+        if stager is not None:
+            stager.stage("trees", tree_pack_names(repo))
     opts = RestoreOptions(
         target=target,
         includes=list(includes),
@@ -411,6 +426,10 @@ def restore(
         sparse=sparse,
         dry_run=dry_run,
     )
+    if stager is not None and not dry_run:
+        with _staging_display(ctx) as on_event:
+            stager.on_event = on_event
+            stager.stage("data", data_pack_names(Restorer(repo, snap, opts).needed_packs()))
     if not ctx.json and not ctx.quiet:
         click.echo(f"restoring snapshot {snap.short_id} of {snap.paths} at {snap.time} to {target}", err=True)
     with ctx.locked(repo):
@@ -432,6 +451,76 @@ def restore(
         if not ctx.json:
             click.echo(f"Fatal: there were {len(r.errors)} errors", err=True)
         raise ExitCode(EXIT_ERROR)
+
+
+@contextlib.contextmanager
+def _staging_display(ctx: Ctx) -> Iterator[Callable[[Any], None]]:
+    """Show cold-restore phases: a rich status line on a terminal, JSON lines with --json, else
+    plain lines on stderr. ETAs are on the gateway's clock, which may be simulated."""
+    from orbitvault.orbit.timeutil import format_duration, format_time
+
+    status: Any = None
+    console: Any = None
+    if ctx.progress_enabled:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+
+    def when(ms: int, now_ms: int, simulated: bool) -> str:
+        clock = "simulated clock" if simulated else "gateway clock"
+        return f"{format_time(ms / 1000)} (in {format_duration(max(ms - now_ms, 0) / 1000)}, {clock})"
+
+    def on_event(ev: Any) -> None:
+        nonlocal status
+        st = ev.phase
+        if ctx.json:
+            if ev.kind == "requested":
+                ctx.emit(
+                    {
+                        "message_type": "restore_objects",
+                        "phase": st.phase,
+                        "objects": st.objects,
+                        "pending": ev.pending,
+                        "eta_unix_ms": st.eta_unix_ms,
+                        "eta_bound_unix_ms": st.eta_bound_unix_ms,
+                        "gateway_time_unix_ms": ev.now_unix_ms,
+                        "simulated_clock": st.simulated,
+                    }
+                )
+            elif ev.kind == "ready":
+                ctx.emit(st.to_json())
+            return
+        if ctx.quiet or st.pending == 0:
+            return
+        if ev.kind == "requested":
+            line = (
+                f"restoring {st.pending} of {st.objects} object(s) ({st.phase}) from orbit: ready by "
+                f"{when(st.eta_unix_ms, ev.now_unix_ms, st.simulated)}"
+            )
+            if console is None:
+                click.echo(line, err=True)
+                return
+            console.print(line)
+            status = console.status(f"{st.phase}: waiting for {st.pending} object(s)")
+            status.start()
+        elif ev.kind == "waiting" and status is not None:
+            status.update(
+                f"{st.phase}: {ev.pending} of {st.pending} object(s) still in orbit; gateway time "
+                f"{format_time(ev.now_unix_ms / 1000)}, ETA {format_time(st.eta_unix_ms / 1000)}"
+            )
+        elif ev.kind == "ready":
+            if status is not None:
+                status.stop()
+                status = None
+            waited = format_duration(max(st.ready_unix_ms - st.requested_unix_ms, 0) / 1000)
+            line = f"{st.objects} object(s) ({st.phase}) readable after {waited} on the gateway's clock"
+            (console.print if console is not None else lambda t: click.echo(t, err=True))(line)
+
+    try:
+        yield on_event
+    finally:
+        if status is not None:
+            status.stop()
 
 
 # --- check ----------------------------------------------------------------------------------------

@@ -88,11 +88,12 @@ class Ctx:
             )
         return local(cache)
 
-    def open_repo(self, *, load_index: bool = False) -> Any:
+    def open_repo(self, *, load_index: bool = False, backend: Any = None) -> Any:
+        """Open the repository (on `backend` when the caller made it already, e.g. to stage it)."""
+        from orbitvault.client.backend import CONFIG
         from orbitvault.client.repository import Repository
 
-        backend = self.backend()
-        from orbitvault.client.backend import CONFIG
+        backend = backend if backend is not None else self.backend()
 
         if not backend.exists(CONFIG):
             raise RepositoryNotFound(f"no repository at {backend.url} (run `orbitvault init` first)")

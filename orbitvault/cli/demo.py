@@ -1,6 +1,7 @@
-"""`orbitvault demo`: the erasure layer on a real file, end to end, on disk.
+"""`orbitvault erasure-demo`: the erasure layer on a real file, end to end, on disk.
 
-Until the local-constellation drill exists this is the main job: a real file is cut into k+m
+(`orbitvault demo` is the disaster-recovery drill on a local constellation, `cli/drill.py`.) A
+real file is cut into k+m
 shard files (protected header + rows with blake3 each), then two things go wrong, one after the
 other, as they do in orbit:
 
@@ -214,7 +215,7 @@ def scrub(shards: ShardSet) -> dict[str, int | list[tuple[int, int]]]:
     return counts
 
 
-@click.command()
+@click.command("erasure-demo")
 @click.argument("path", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, help="Data fragments per row.")
 @click.option("-m", "m", default=4, show_default=True, help="Parity fragments per row.")
@@ -223,7 +224,7 @@ def scrub(shards: ShardSet) -> dict[str, int | list[tuple[int, int]]]:
 @click.option("--header-flips", default=3, show_default=True, help="Extra bit flips aimed at shard headers.")
 @click.option("--seed", default=2026, show_default=True, help="Seed for the random failures.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep shard files here.")
-def demo(
+def erasure_demo(
     path: Path | None, k: int, m: int, flips: int, rounds: int, header_flips: int, seed: int, workdir: Path | None
 ) -> None:
     """Erasure-code a real file, lose m shards, irradiate the rest, repair, verify.

@@ -12,6 +12,11 @@ opened: the rest of the client never touches the network stack.
 Content-addressed metadata (keys, index, snapshots: each object's name is the blake3 of its
 bytes) is cached on disk and verified against its name on every read, so a damaged or stale cache
 entry is refetched, never trusted.
+
+Cold objects: a gateway in scheduled mode keeps objects in orbit, reachable only in contact
+windows. `cold_storage()` says whether the gateway is such a one, and `restore_objects(names)`
+asks it to stage objects for reading (RestoreObject) and returns the ETA of the last one; a
+restore calls it until nothing is pending (`orbitvault.client.cold`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,28 @@ from orbitvault.errors import AlreadyExists, InvalidArgument, NotFound
 
 CACHED_KINDS = ("keys", "index", "snapshots")
 _TRUE = {"1", "true", "yes", "on"}
+RESTORE_KEEP_MS = 7 * 86_400_000  # how long the gateway keeps a restored copy readable
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreEta:
+    """One round of RestoreObject calls: what is not readable yet, and when the last one will be.
+
+    Times are the gateway's clock (simulated time when `simulated`): an ETA only means something
+    next to `now_unix_ms`.
+    """
+
+    requested: int
+    pending: tuple[str, ...]
+    eta_unix_ms: int  # 0 when nothing is pending
+    eta_bound_unix_ms: int  # lower bound for the ETA from window capacity (0: unknown)
+    now_unix_ms: int
+    simulated: bool
+    ready_unix_ms: int = 0  # when the last of the ready ones became ready (0: unknown)
+
+    @property
+    def ready(self) -> bool:
+        return not self.pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +162,38 @@ class OrbitBackend:
     def durability(self, name: str) -> Any:
         """The gateway's orbit durability of one object (the SDK's ObjectStatus)."""
         return self._client.status(self.bucket, name)
+
+    # --- cold objects -----------------------------------------------------------------------------
+
+    def cold_storage(self) -> bool:
+        """Whether the gateway keeps objects in orbit on a contact schedule (scheduled mode), so
+        reads may need `restore_objects` first; a direct-mode gateway reads nodes at once."""
+        return self._client.gateway_status().mode == "scheduled"
+
+    def cached(self, name: str) -> bool:
+        """The object is in the local metadata cache (and intact): reading it needs no gateway."""
+        return self._cache_load(name) is not None
+
+    def restore_objects(self, names: Iterable[str], *, keep_for_ms: int = RESTORE_KEEP_MS) -> RestoreEta:
+        """RestoreObject each name (idempotent: a restore under way is only reported) and return
+        which are still pending and the ETA of the last one, on the gateway's clock."""
+        status = self._client.gateway_status()
+        names = list(names)
+        pending: list[str] = []
+        eta = bound = ready = 0
+        for name in names:
+            st = self._client.restore(self.bucket, name, keep_for_ms=keep_for_ms)
+            if not st.ready:
+                pending.append(name)
+                eta = max(eta, st.eta_unix_ms)
+                bound = max(bound, st.eta_bound_unix_ms)
+            elif st.expires_unix_ms:
+                # A restored copy is kept `keep_for_ms` from the moment it became readable: that
+                # moment, exact even when this poll comes a few passes later on a fast clock.
+                ready = max(ready, st.expires_unix_ms - keep_for_ms)
+        return RestoreEta(
+            len(names), tuple(pending), eta, bound, status.gateway_time_unix_ms, status.simulated_clock, ready
+        )
 
     # --- cache ------------------------------------------------------------------------------------
 

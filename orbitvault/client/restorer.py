@@ -208,6 +208,25 @@ class Restorer:
         self.summary.total_duration = round(time.monotonic() - t0, 3)
         return self.summary
 
+    def needed_packs(self) -> set[bytes]:
+        """Packs holding the content of what `run` would restore, so a cold repository can stage
+        exactly those first. Reads the snapshot's trees; problems are left for `run` to report."""
+        items: list[tuple[str, tuple[str, ...], Node, bool]] = []
+        on_error, self.on_error = self.on_error, None
+        try:
+            self._collect(self.snapshot.tree, (), items)
+        finally:
+            self.on_error = on_error
+            self.errors.clear()
+        index = self.repo.index
+        return {
+            loc[0]
+            for kind, _p, n, _sel in items
+            if kind == "file"
+            for bid in n.content or ()
+            if (loc := index.lookup(bid)) is not None
+        }
+
     # --- plan ------------------------------------------------------------------------------
 
     def _error(self, path: tuple[str, ...] | str, err: BaseException | str) -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import math
 import os
@@ -239,6 +240,22 @@ class ExecutedTransfer:
     resumed: bool
     planned_bytes: int
     bytes_sent: int
+
+    def log_fields(self) -> str:
+        """key=value fields for the gateway's log: operators (and the drill's timeline) see what
+        went over which link when, in the gateway's (possibly simulated) time."""
+        oid, stripe, index = self.item
+        return (
+            f"purpose={self.purpose} hop={self.hop} from={_field(self.source)} to={_field(self.dest)} "
+            f"start={self.start:.3f} end={self.end:.3f} arrival={self.arrival:.3f} object={oid.hex()[:16]} "
+            f"stripe={stripe} shard={index} rows={self.first_row}-{self.end_row} bytes={self.bytes_sent} "
+            f"resumed={str(self.resumed).lower()}"
+        )
+
+
+def _field(name: str) -> str:
+    """A node or station name as one key=value token (quoted when it holds spaces or quotes)."""
+    return name if name and not any(c in name for c in ' "=\\') else json.dumps(name)
 
 
 @dataclass
@@ -931,24 +948,24 @@ class ScheduledMode:
         log.info("object durable object=%s at=%.3f", oid.hex()[:16], now)
 
     def _executed(self, purpose: str, tr: Transfer, key: Key, first: int, end: int, resumed: bool, sent: int) -> None:
-        self.executed.append(
-            ExecutedTransfer(
-                purpose,
-                tr.hop,
-                tr.source,
-                tr.dest,
-                self.orbit.original(tr.contact),
-                tr.start,
-                tr.end,
-                tr.arrival,
-                key,
-                first,
-                end,
-                resumed,
-                tr.nbytes,
-                sent,
-            )
+        ex = ExecutedTransfer(
+            purpose,
+            tr.hop,
+            tr.source,
+            tr.dest,
+            self.orbit.original(tr.contact),
+            tr.start,
+            tr.end,
+            tr.arrival,
+            key,
+            first,
+            end,
+            resumed,
+            tr.nbytes,
+            sent,
         )
+        self.executed.append(ex)
+        log.info("transfer executed %s", ex.log_fields())
         self.totals.transfers += 1
         if resumed:
             self.totals.resumed += 1

@@ -7,6 +7,11 @@ refresh, not one per row). One channel per address, kept open, mutual TLS with t
 certificate when `tls` is given (plaintext only for an `insecure` node). Row lists are split into
 `ReadRows` calls of at most 1024 rows. gRPC failures become orbitvault errors (`Unavailable` when
 a peer is down or too slow), which is what the scrubber expects in order to try other siblings.
+
+A header's sibling locations are hints: shards move after the header was written (the gateway's
+repair rebuilds a lost node's shards elsewhere; a scheduled uplink binds a shard to another
+satellite than first planned). When the named node lacks the shard or cannot be reached, the other
+peers are asked `HeadShard` for it, and where it was found is remembered.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from orbitvault.errors import InvalidArgument, OrbitVaultError, Unavailable
+from orbitvault.errors import InvalidArgument, NotFound, OrbitVaultError, Unavailable
 from orbitvault.grpc.convert import CHANNEL_OPTIONS, MAX_ROWS_PER_MESSAGE, row_read_from_proto
 from orbitvault.grpc.status import error_from_rpc
 from orbitvault.grpc.tls import TlsFiles, channel_credentials, open_channel
@@ -26,6 +31,8 @@ from orbitvault.grpc.v1 import shard_store_pb2, shard_store_pb2_grpc
 from orbitvault.storage.store import RowRead
 
 log = logging.getLogger("orbitvault.peers")
+
+_FOUND_LIMIT = 10_000  # shard id -> address entries remembered (oldest dropped first)
 
 
 class GrpcPeerRows:
@@ -53,6 +60,7 @@ class GrpcPeerRows:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, shard_store_pb2_grpc.ShardStoreStub] = {}
         self._address_of: dict[bytes, str] = {}
+        self._found: dict[bytes, str] = {}  # shards met away from where their headers say
         self._last_refresh = -float("inf")
 
     def close(self) -> None:
@@ -71,8 +79,51 @@ class GrpcPeerRows:
     # --- PeerRows ----------------------------------------------------------------------------------
 
     def read_rows(self, node_id: bytes, shard_id: bytes, rows: Sequence[int]) -> list[RowRead]:
-        """Rows of `shard_id` on node `node_id`, in request order; see `PeerRows`."""
-        address = self.address_of(node_id)
+        """Rows of `shard_id`, in request order; see `PeerRows`. `node_id` is where the header
+        says the shard is; a shard found elsewhere earlier is read there, and one the named node
+        lacks (or that node is unreachable) is looked for on the other peers."""
+        with self._lock:
+            moved = self._found.get(shard_id)
+        if moved is not None:
+            try:
+                return self._read_at(moved, None, shard_id, rows)
+            except (NotFound, Unavailable):
+                with self._lock:
+                    self._found.pop(shard_id, None)
+        try:
+            return self._read_at(self.address_of(node_id), node_id, shard_id, rows)
+        except (NotFound, Unavailable) as exc:
+            address = self.locate(shard_id, exclude=self._known_address(node_id))
+            if address is None:
+                raise exc from None
+            log.info("sibling shard found elsewhere shard=%s address=%s", shard_id.hex(), address)
+            return self._read_at(address, None, shard_id, rows)
+
+    def locate(self, shard_id: bytes, *, exclude: str | None = None) -> str | None:
+        """The address of a peer holding `shard_id` (HeadShard on each), remembered; None if none."""
+        for address in self.addresses:
+            if address == exclude:
+                continue
+            try:
+                head = self._stub(address).HeadShard(
+                    shard_store_pb2.HeadShardRequest(shard_id=shard_id), timeout=self.info_timeout_s
+                )
+            except (grpc.RpcError, Unavailable):
+                continue  # lacks it, or down: ask the next
+            if head.shard.state != shard_store_pb2.SHARD_STATE_COMPLETE:
+                continue  # an upload in progress is no source
+            with self._lock:
+                if len(self._found) >= _FOUND_LIMIT:
+                    self._found.pop(next(iter(self._found)))
+                self._found[shard_id] = address
+            return address
+        return None
+
+    def _known_address(self, node_id: bytes) -> str | None:
+        with self._lock:
+            return self._address_of.get(node_id)
+
+    def _read_at(self, address: str, node_id: bytes | None, shard_id: bytes, rows: Sequence[int]) -> list[RowRead]:
         stub = self._stub(address)
         wanted = list(rows)
         out: list[RowRead] = []
@@ -85,12 +136,12 @@ class GrpcPeerRows:
                     got.extend(row_read_from_proto(r) for r in msg.rows)
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
-                if isinstance(exc, Unavailable):
+                if isinstance(exc, Unavailable) and node_id is not None:
                     self._forget(node_id)  # it may have moved: ask again next time
                 raise exc from err
             if [r.row for r in got] != chunk:
                 raise InvalidArgument(
-                    f"node {node_id.hex()} at {address} answered ReadRows with rows other than the {len(chunk)} asked"
+                    f"the node at {address} answered ReadRows with rows other than the {len(chunk)} asked"
                 )
             out.extend(got)
         return out

@@ -3,7 +3,8 @@
 One row per node (stations first, then satellites, in node-number order), one bar per window in
 both rows it joins, labelled with the other end when there is room. Ground contacts and
 inter-satellite links get different colours; transfers, when given, are drawn as thin strips on
-top of their window. Hover a bar for its details (SVG `<title>`).
+top of their window (restore downlinks in their own colour), and markers (faults, repairs, other
+events) as ticks on a row or lines across all rows. Hover a bar for its details (SVG `<title>`).
 """
 
 from __future__ import annotations
@@ -20,17 +21,33 @@ from orbitvault.orbit.timeutil import Timestamp, format_duration, format_time, t
 GROUND_COLOUR = "#3b7dd8"
 ISL_COLOUR = "#e08a2c"
 TRANSFER_COLOUR = "#1f9d55"
+RESTORE_COLOUR = "#8e44ad"
+MARKER_COLOURS = {"fault": "#d62728", "repair": "#17becf", "event": "#333333"}
+_MARKER_LEGEND = {"fault": "fault", "repair": "repair", "event": "event"}
 
 
 @dataclass(frozen=True)
 class Transfer:
-    """Something sent from `source` to `dest` between `start` and `end` (drawn over the windows)."""
+    """Something sent from `source` to `dest` between `start` and `end` (drawn over the windows);
+    `restore` ones (downlinks for a restore) get their own colour."""
 
     source: str
     dest: str
     start: Timestamp
     end: Timestamp
     label: str = ""
+    restore: bool = False
+
+
+@dataclass(frozen=True)
+class Marker:
+    """An instant worth seeing: on one row (`row`), or across all rows (None). `kind` is
+    "fault", "repair" or "event" (its colour and legend entry)."""
+
+    time: Timestamp
+    label: str
+    row: str | None = None
+    kind: str = "event"
 
 
 def render_timeline(
@@ -38,6 +55,7 @@ def render_timeline(
     *,
     stations: Collection[str] = (),
     transfers: Sequence[Transfer] = (),
+    markers: Sequence[Marker] = (),
     start: Timestamp | None = None,
     end: Timestamp | None = None,
     rows: Sequence[str] | None = None,
@@ -58,6 +76,11 @@ def render_timeline(
         for n in (t.source, t.dest):
             if n not in names:
                 names.append(n)
+    for mk in markers:
+        if mk.kind not in MARKER_COLOURS:
+            raise InvalidArgument(f"marker kind must be one of {', '.join(MARKER_COLOURS)}, got {mk.kind!r}")
+        if mk.row is not None and mk.row not in names:
+            names.append(mk.row)
 
     label_w, row_h, top, bottom, pad = 130, 24, 46 if title else 28, 30, 10
     plot_w = max(width - label_w - pad, 200)
@@ -125,17 +148,49 @@ def render_timeline(
     for tr in transfers:
         what = f"{tr.label}: " if tr.label else ""
         tip = f"{what}{tr.source} -> {tr.dest}, {format_time(tr.start)} to {format_time(tr.end)}"
+        colour = RESTORE_COLOUR if tr.restore else TRANSFER_COLOUR
         for n in (tr.source, tr.dest):
             y = top + row_of[n] * row_h + row_h - 8
             x0, x1 = x(tr.start), x(tr.end)
             out.append(
-                f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1.0):.1f}" height="4" fill="{TRANSFER_COLOUR}">'
+                f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 3.0):.1f}" height="5" fill="{colour}">'
                 f"<title>{escape(tip)}</title></rect>"
             )
 
+    label_ends: list[float] = []  # per text line of the labels: where its last label ends
+    for mk in sorted(markers, key=lambda m: m.time):
+        if not start <= mk.time <= end:
+            continue
+        colour, xx = MARKER_COLOURS[mk.kind], x(mk.time)
+        tip = f"<title>{escape(f'{format_time(mk.time)}: {mk.label}')}</title>"
+        if mk.row is None:
+            out.append(
+                f'<line x1="{xx:.1f}" y1="{top}" x2="{xx:.1f}" y2="{axis_y}" stroke="{colour}" stroke-width="1.5" '
+                f'stroke-dasharray="4 3">{tip}</line>'
+            )
+            # Labels of nearby markers go on the next text line down instead of over each other.
+            level = next((i for i, e in enumerate(label_ends) if xx > e), len(label_ends))
+            if level == len(label_ends):
+                label_ends.append(0.0)
+            label_ends[level] = xx + 3 + 5.5 * len(mk.label) + 6
+            y = top + 10 + 11 * (level % max(len(names), 1))
+            out.append(
+                f'<text x="{xx + 3:.1f}" y="{y}" fill="{colour}" font-size="9" stroke="white" stroke-width="2" '
+                f'paint-order="stroke">{escape(mk.label)}</text>'
+            )
+        else:
+            y = top + row_of[mk.row] * row_h + row_h / 2
+            out.append(
+                f'<path d="M{xx:.1f},{y - 6:.1f} L{xx + 5:.1f},{y:.1f} L{xx:.1f},{y + 6:.1f} L{xx - 5:.1f},{y:.1f} Z" '
+                f'fill="{colour}" stroke="white" stroke-width="0.5">{tip}</path>'
+            )
+
     legend = [(GROUND_COLOUR, "ground pass"), (ISL_COLOUR, "inter-satellite link")]
-    if transfers:
+    if any(not t.restore for t in transfers):
         legend.append((TRANSFER_COLOUR, "transfer"))
+    if any(t.restore for t in transfers):
+        legend.append((RESTORE_COLOUR, "restore downlink"))
+    legend += [(MARKER_COLOURS[k], _MARKER_LEGEND[k]) for k in MARKER_COLOURS if any(m.kind == k for m in markers)]
     widths = [14 + 6.5 * len(text) + 16 for _c, text in legend]  # swatch, text at ~6.5 px a letter, gap
     lx = width - pad - sum(widths)
     for (colour, text), w in zip(legend, widths, strict=True):

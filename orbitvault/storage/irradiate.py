@@ -37,6 +37,7 @@ import math
 import os
 import random
 import re
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,12 +146,12 @@ class _Segment:
 class _Exposure:
     """Every stored bit of a store as one index 0..bits-1, without listing rows one by one."""
 
-    def __init__(self, store: ShardStore) -> None:
+    def __init__(self, store: ShardStore, objects: Collection[bytes] | None = None) -> None:
         self.segments: list[_Segment] = []
         self.starts: list[int] = []
         self.bits = 0
         self.shards = 0
-        for sid in store.shard_ids():
+        for sid in _shard_ids(store, objects):
             try:
                 self._add_shard(store, sid)
             except NotFound:
@@ -181,6 +182,18 @@ class _Exposure:
         return seg, value, bit
 
 
+def _shard_ids(store: ShardStore, objects: Collection[bytes] | None) -> Iterator[bytes]:
+    """Every shard, or only those of `objects` (through the store's object index)."""
+    if objects is None:
+        yield from store.shard_ids()
+        return
+    for oid in sorted(set(objects)):
+        after = b""
+        while page := store._object_shards(oid, after, 1000):
+            yield from page
+            after = page[-1]
+
+
 def irradiate(
     store: ShardStore,
     *,
@@ -194,8 +207,13 @@ def irradiate(
     seed: int | None = None,
     force: bool = False,
     dry_run: bool = False,
+    objects: Collection[bytes] | None = None,
 ) -> Irradiation:
-    """Flip bits in `store` (see the module docstring) and return exactly what was flipped."""
+    """Flip bits in `store` (see the module docstring) and return exactly what was flipped.
+
+    `objects` limits the exposure to the shards of those objects (a drill accounting for every
+    flip in one data set, while other objects, e.g. catalog checkpoints, come and go).
+    """
     if not store.simulation and not force:
         raise FailedPrecondition(
             f"{getattr(store, 'path', 'this store')} is not a simulation store; irradiating it damages real "
@@ -205,7 +223,7 @@ def irradiate(
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "big") >> 1
     rng = random.Random(seed)
-    exposure = _Exposure(store)
+    exposure = _Exposure(store, objects)
     params: dict[str, Any] = {"mbu_share": mbu_share}
     expected: float | None = None
     times: list[tuple[float, bool | None]] = []

@@ -102,7 +102,9 @@ class PeerRows(Protocol):
     ascending, any length: implementations split it as their transport requires). A row the peer
     finds damaged or lacks comes back DAMAGED or MISSING, never as data. Raises `Unavailable` when
     the node is unknown or unreachable, `NotFound` when it does not hold the shard, or another
-    `OrbitVaultError`; the scrubber then tries other siblings.
+    `OrbitVaultError`; the scrubber then tries other siblings. `node_id` is where the header says
+    the shard is; shards move (repair, re-planned uploads), so an implementation may find it on
+    another node instead.
     """
 
     def read_rows(self, node_id: bytes, shard_id: bytes, rows: Sequence[int]) -> list[RowRead]: ...

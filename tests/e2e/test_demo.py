@@ -1,4 +1,4 @@
-"""`orbitvault demo` through the real console script."""
+"""`orbitvault erasure-demo` (the erasure layer on a real file) through the real console script."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ CLI = [sys.executable, "-m", "orbitvault"]
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([*CLI, "demo", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([*CLI, "erasure-demo", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from orbitvault.grpc.peers import GrpcPeerRows
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.storage.metrics import start_metrics_server
 from orbitvault.storage.scrubber import Scrubber, load_state
-from orbitvault.storage.store import RowStatus
+from orbitvault.storage.store import RowBatch, RowStatus
 from tests.unit.test_scrubber import Cluster, build_cluster, irradiate_and_repair
 
 
@@ -86,6 +86,33 @@ def test_down_peers_are_skipped_then_reported(grid: tuple[list[Any], Cluster]) -
     assert "unreachable" in d.reason
     info = home.stub.NodeInfo(pb.NodeInfoRequest(), timeout=5).scrub
     assert info.unrecoverable == 1 and info.repaired_from_peers == 1
+
+
+def test_a_sibling_moved_since_the_header_was_written_is_found(
+    grid: tuple[list[Any], Cluster], start_node: Any
+) -> None:
+    """Headers name where siblings were; a shard rebuilt or re-placed elsewhere is still found."""
+    nodes, cluster = grid
+    new = start_node(simulation=True, name="sat6")  # a seventh node: it holds none of the stripes
+    by_node = {n.store.node_id: n for n in nodes}
+    sid = next(s for s, h in cluster.headers.items() if h.shard_index == 0 and h.row_count > 4)
+    header = cluster.headers[sid]
+    home = by_node[header.siblings[0].node_id]
+    moved = header.siblings[1]
+    old = by_node[moved.node_id]
+    sh = old.store.header(moved.shard_id)
+    reads = list(old.store.read_rows(moved.shard_id, range(sh.row_count)))
+    new.store.put(sh, [RowBatch(0, [r.fragment for r in reads], [r.checksum for r in reads])])
+    old.store.delete(moved.shard_id)
+    by_node[header.siblings[2].node_id].server.stop(0)  # so the moved shard is one of the k needed
+    home.store.flip_bit(sid, 3, 600)
+    with _peers([*nodes, new], nodes.index(home)) as peers:
+        result = Scrubber(home.store, peers).run_pass()
+        assert (result.repaired_from_peers, result.unrecoverable) == (1, 0)
+        assert peers.locate(moved.shard_id) == new.address
+        assert peers.locate(bytes(32)) is None
+    [row] = home.store.read_rows(sid, [3])
+    assert row.status is RowStatus.OK and row.fragment == cluster.fragments[sid][3]
 
 
 def test_metrics_expose_the_persisted_counters(grid: tuple[list[Any], Cluster]) -> None:

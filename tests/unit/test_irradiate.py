@@ -59,6 +59,18 @@ def test_exposure_covers_every_stored_bit(node: Cluster) -> None:
     assert irradiate(store, count=0, seed=1).bits_exposed == expected * 8
 
 
+def test_objects_limit_the_exposure_to_their_shards(node: Cluster) -> None:
+    store = node.stores[0]
+    objects = sorted({h.object_id for h in node.headers.values()})
+    assert len(objects) == 2
+    mine = {sid for sid, h in node.headers.items() if h.object_id == objects[0]}
+    whole = irradiate(store, count=0, seed=1).bits_exposed
+    part = irradiate(store, count=30, seed=2, objects=[objects[0]], dry_run=True)
+    assert part.shards == len(mine) and 0 < part.bits_exposed < whole
+    assert {f.shard_id for f in part.flips} <= mine
+    assert irradiate(store, count=0, objects=[bytes(32)]).shards == 0  # an object the node does not hold
+
+
 def test_refuses_a_store_not_marked_simulation(tmp_path: Path) -> None:
     store = ShardStore(tmp_path / "real", capacity_bytes=CAPACITY)
     try:

@@ -11,7 +11,7 @@ from orbitvault.errors import InvalidArgument
 from orbitvault.orbit.config import load_constellation
 from orbitvault.orbit.model import Constellation, NodeMap
 from orbitvault.orbit.plan import Contact, ContactPlan, read_plan, write_plan
-from orbitvault.orbit.timeline import Transfer, render_timeline
+from orbitvault.orbit.timeline import Marker, Transfer, render_timeline
 from orbitvault.orbit.walker import SAMPLE_EPOCH
 
 T0 = SAMPLE_EPOCH + 20 * 86400
@@ -199,3 +199,30 @@ def test_timeline_svg(sample: Constellation, plan: ContactPlan) -> None:
     assert "sample <day>" in labels  # escaped in the file, intact once parsed
     assert "#1f9d55" in svg and "#e08a2c" in svg and "#3b7dd8" in svg
     assert "shard 1/14" in svg
+
+
+def test_timeline_markers_and_restore_transfers(sample: Constellation, plan: ContactPlan) -> None:
+    down = next(c for c in plan.contacts if c.dest == "Redu")
+    t0 = plan.contacts[0].start
+    markers = [
+        Marker(t0 + 600, "bit flip", row="OV-12", kind="fault"),
+        Marker(t0 + 900, "ground site lost", kind="fault"),
+        Marker(t0 + 905, "gateway rebuilt", kind="repair"),  # next to the previous: its label goes below
+        Marker(t0 - 10**6, "long before", kind="event"),  # outside the span: not drawn
+    ]
+    svg = render_timeline(
+        plan,
+        stations={s.name for s in sample.stations},
+        transfers=[Transfer(down.source, "Redu", down.start, down.start + 1, "pack", restore=True)],
+        markers=markers,
+        start=t0,
+        end=t0 + 6 * 3600,
+    )
+    doc = xml.dom.minidom.parseString(svg)
+    texts = {t.firstChild.data: t for t in doc.getElementsByTagName("text") if t.firstChild}
+    assert {"ground site lost", "gateway rebuilt", "restore downlink", "fault", "repair"} <= set(texts)
+    assert "long before" not in svg
+    assert texts["ground site lost"].getAttribute("y") != texts["gateway rebuilt"].getAttribute("y")
+    assert "#8e44ad" in svg and "#d62728" in svg and svg.count("<path") == 1  # one on-row marker
+    with pytest.raises(InvalidArgument, match="marker kind"):
+        render_timeline(plan, markers=[Marker(t0, "x", kind="boom")])
