@@ -16,8 +16,9 @@ Steps alternate between the tools and run --repeat times (the best time is kept;
 runs once), because the disk of a shared machine is noisy; `sync` runs before every step and the
 page cache is warmed before the first backups, so both tools read from memory alike. Reported
 per step: seconds, MB/s of the data set (MB = 10^6 bytes), peak RSS of the tool's process
-(wait4), and the repository size. The orbit:// (local constellation) column is reported as
-skipped until the gateway backend is wired.
+(wait4), and the repository size. `--tools ...,orbit` adds orbitvault into a local constellation
+(8 node processes and a gateway on loopback, direct mode, mutual TLS; a fresh bucket per round),
+started and stopped by this script.
 
 Usage: python bench/backup.py [--size 1GiB] [--tools restic,orbitvault] [--repeat 3] [--json]
 """
@@ -241,6 +242,45 @@ class OrbitVault(Tool):
         return [*self.ov, "check", "-q", "--read-data"]
 
 
+class OrbitConstellation(OrbitVault):
+    """orbitvault into `orbit://` on a local constellation (the client's second backend)."""
+
+    name = "orbit"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        from orbitvault.cli.constellation import Constellation
+        from orbitvault.ground.constellation import default_client_settings, sample_dir
+
+        config = work / "constellation.toml"
+        config.write_text(
+            f'orbit = "{sample_dir() / "sample.toml"}"\n[nodes]\ncapacity = "8GiB"\n'
+            '[scrub]\nenabled = false\n[gateway]\nmode = "direct"\n',
+            encoding="utf-8",
+        )
+        state = work / "constellation"
+        self.constellation = Constellation.up(config=config, state_dir=state, progress=lambda *_: None)
+        settings = default_client_settings(state)
+        assert settings is not None
+        self.gateway = settings.gateway
+        self.round = 0
+        self.env |= {
+            "ORBITVAULT_API_KEY": settings.api_key,
+            "ORBITVAULT_TLS_CA": str(settings.tls_ca),
+            "ORBITVAULT_TLS_CERT": str(settings.tls_cert),
+            "ORBITVAULT_TLS_KEY": str(settings.tls_key),
+            "ORBITVAULT_CACHE_DIR": str(work / "orbit-cache"),
+        }
+
+    def init(self) -> list[str]:
+        self.round += 1  # a repository cannot be re-initialised in place: a fresh bucket per round
+        self.env["ORBITVAULT_REPOSITORY"] = f"orbit://{self.gateway}/bench{self.round}"
+        return super().init()
+
+    def close(self) -> None:
+        self.constellation.down()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1GiB")
@@ -263,7 +303,7 @@ def main() -> None:
         files, size = tree_stats(src)
         print(f"data set: {files} files, {size / 2**20:.0f} MiB; {common.machine()}", file=sys.stderr)
         warm(src)
-        ts = {"restic": Restic, "orbitvault": OrbitVault}
+        ts = {"restic": Restic, "orbitvault": OrbitVault, "orbit": OrbitConstellation}
         insts = {name: ts[name](work) for name in tools}
 
         def step(t: Tool, name: str, cmd: list[str]) -> None:
@@ -302,7 +342,6 @@ def main() -> None:
         for _ in range(args.repeat):
             for t in insts.values():
                 step(t, "check", t.check())
-        results["orbit"] = {"skipped": "the orbit:// backend (local constellation) is not wired yet"}
         if "restic" in results and "orbitvault" in results:
             r, o = results["restic"], results["orbitvault"]
             results["ratio_orbitvault_to_restic"] = {
@@ -311,6 +350,9 @@ def main() -> None:
         results["dataset"] = {"files": files, "bytes": size}
         results["machine"] = common.machine()
     finally:
+        for t in locals().get("insts", {}).values():
+            if isinstance(t, OrbitConstellation):
+                t.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     (OUT / "backup.json").write_text(json.dumps(results, indent=2))

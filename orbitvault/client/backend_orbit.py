@@ -109,6 +109,10 @@ class OrbitBackend:
             client = ObjectStoreClient(f"{loc.host}:{loc.port}", creds.api_key, tls=tls, insecure=creds.insecure)
         self._client = client
         self._cache = Path(cache_dir) / _cache_name(url) if cache_dir is not None else None
+        # Sealed tree blobs, read by every backup (parent trees), restore and check: one gRPC call
+        # each otherwise. Entries need no checksum: the blob's AEAD (its id in the AAD) rejects any
+        # damaged or substituted entry, and the repository then fetches it again.
+        self.tree_cache = BlobCache(self._cache / "trees") if self._cache is not None else None
 
     # --- Backend ----------------------------------------------------------------------------------
 
@@ -231,3 +235,31 @@ class OrbitBackend:
 
 def _cache_name(url: str) -> str:
     return blake3.blake3(url.encode()).hexdigest()[:32]
+
+
+class BlobCache:
+    """Sealed blobs on disk by id; a cache that cannot be written is only slower, never wrong."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, blob_id: bytes) -> Path:
+        h = blob_id.hex()
+        return self.root / h[:2] / h
+
+    def get(self, blob_id: bytes) -> bytes | None:
+        try:
+            return self._path(blob_id).read_bytes()
+        except OSError:
+            return None
+
+    def put(self, blob_id: bytes, sealed: bytes) -> None:
+        path = self._path(blob_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealed)
+            os.replace(tmp, path)
+        except OSError:
+            return

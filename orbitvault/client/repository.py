@@ -396,13 +396,22 @@ class Repository:
         if loc is None:
             raise NotFound(f"blob {blob_id.hex()} is not in the index")
         pack_id, entry = loc
+        cache = getattr(self.backend, "tree_cache", None) if entry.type is BlobType.TREE else None
+        if cache is not None and (cached := cache.get(blob_id)) is not None:
+            try:
+                return self.codec.decode(entry, cached)
+            except CorruptObject:
+                pass  # a damaged cache entry: authenticated decryption caught it, fetch it again
         sealed = self.backend.get(self.pack_name(pack_id), entry.offset, entry.length)
         if len(sealed) != entry.length:
             raise CorruptObject(f"pack {pack_id.hex()}: short read of blob {blob_id.hex()}")
         try:
-            return self.codec.decode(entry, sealed)
+            data = self.codec.decode(entry, sealed)
         except CorruptObject as e:
             raise CorruptObject(f"pack {pack_id.hex()}: {e}") from None
+        if cache is not None:
+            cache.put(blob_id, sealed)
+        return data
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
         with self._tree_cache_lock:

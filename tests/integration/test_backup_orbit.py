@@ -49,5 +49,14 @@ def test_backup_restore_check_through_the_gateway(gw: Any, tmp_path: Path) -> No
     # Everything the repository wrote is an ordinary object in the bucket: config, keys, packs...
     keys = {o.key.split("/", 1)[0] for o in gw.client.list("backups")}
     assert {"config", "keys", "data", "index", "snapshots"} <= keys
-    # The metadata cache is used and self-verifying.
+    # The metadata cache is used and self-verifying; cached trees are authenticated on every use.
     assert any((tmp_path / "cache").rglob("*"))
+    trees = [p for p in (tmp_path / "cache").rglob("trees/*/*") if not p.name.startswith(".")]
+    assert trees, "restore and check should have cached the snapshot's trees"
+    originals = {p: p.read_bytes() for p in trees}
+    for p, data in originals.items():
+        p.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # damage every cached tree
+    again = tmp_path / "restored-again"
+    ov.run("restore", "latest", "--target", str(again))  # refetched, not trusted
+    assert _tree(again / src.relative_to("/")) == _tree(src)
+    assert all(p.read_bytes() == data for p, data in originals.items())  # and rewritten whole
