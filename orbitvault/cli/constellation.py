@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from orbitvault.errors import AlreadyExists, NotFound, OrbitVaultError
+from orbitvault.cli.errors import cli_errors
+from orbitvault.errors import AlreadyExists, NotFound
 from orbitvault.ground import constellation as dom
 from orbitvault.ground.constellation import GATEWAY, ConstellationSpec, Layout, Member, StatusReport
 
@@ -328,17 +329,6 @@ def _unreachable(m: Member) -> Any:
 # --- the commands -------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except OrbitVaultError as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:  # state dir unwritable, disk full...: say which file, not a traceback
-        where = f" ({e.filename})" if e.filename else ""
-        raise click.ClickException(f"{e.strerror or e}{where}") from None
-
-
 _STATE_DIR = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -381,7 +371,7 @@ def up(config_path: Path | None, state_dir: Path | None) -> None:
     reads when no repository is given), and the bucket. Later `up`s reuse all of it.
     """
     console = _console()
-    with _errors():
+    with cli_errors():
         c = Constellation.up(config_path, state_dir, progress=lambda msg: console.print(f"[dim]•[/] {msg}"))
         _print_up(console, c)
 
@@ -418,7 +408,7 @@ def _dir_flag(layout: Layout) -> str:
 def status(state_dir: Path | None, as_json: bool) -> None:
     """Nodes (up/down, capacity, scrub counters, next contact), gateway (nodes up, repair backlog, time)."""
     layout = Layout.at(state_dir)
-    with _errors():
+    with cli_errors():
         report = status_report(layout)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -494,7 +484,7 @@ def down(state_dir: Path | None, purge: bool, timeout: float | None) -> None:
     """Stop the gateway, then the nodes (SIGTERM, then SIGKILL after a timeout). Idempotent."""
     layout = Layout.at(state_dir)
     existed = layout.root.exists()
-    with _errors():
+    with cli_errors():
         started = time.monotonic()
         stopped = dom.down(layout, timeout_s=timeout, purge=purge, progress=lambda m: click.echo(f"• {m}"))
     if stopped:

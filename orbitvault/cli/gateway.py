@@ -23,20 +23,9 @@ from typing import Any
 
 import click
 
-from orbitvault.errors import OrbitVaultError
+from orbitvault.cli.errors import cli_errors
 
 _CONFIG_HELP = "Gateway config (TOML). ORBITVAULT_GATEWAY_* variables override it, flags override both."
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except OrbitVaultError as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:  # state dir unreadable, disk full, ...: say which file, not a traceback
-        where = f" ({e.filename})" if e.filename else ""
-        raise click.ClickException(f"{e.strerror or e}{where}") from None
 
 
 def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -162,7 +151,7 @@ def serve(
     windows. With clock = "simulated" the executor jumps from event to event while work is queued,
     so a demo puts its objects and polls `gateway status` / GetObjectStatus until DURABLE.
     """
-    with _errors():
+    with cli_errors():
         config = _load(
             config_path,
             state_dir=state_dir,
@@ -197,7 +186,7 @@ def keygen(out: Path) -> None:
     gateway rebuilt from orbit cannot read any object."""
     from orbitvault.ground.crypto import MasterKey
 
-    with _errors():
+    with cli_errors():
         key = MasterKey.generate()
         key.write_file(out)
     click.echo(f"master key written to {out} (fingerprint {key.fingerprint().hex()})")
@@ -219,7 +208,7 @@ def tenant_create(
     name: str, config_path: Path | None, state_dir: Path | None, master_key_file: Path | None, nodes: str | None
 ) -> None:
     """Create tenant NAME (with its own key, wrapped by the master key)."""
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
             gw.create_tenant(name, actor=_actor())
@@ -252,7 +241,7 @@ def key_create(
     """Create an API key for TENANT and print its token (shown once; only a hash is stored)."""
     from orbitvault.ground.model import KeyMode
 
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
             api_key = gw.create_api_key(tenant_name, KeyMode(mode), actor=_actor())
@@ -274,7 +263,7 @@ def key_delete(
     nodes: str | None,
 ) -> None:
     """Revoke the API key KEY_ID (the 16 hex digits after `ovk_`)."""
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
             gw.delete_api_key(key_id, actor=_actor(), mfa=mfa_code)
@@ -311,7 +300,7 @@ def mfa_enable(
     legal hold and deleting the tenant's API keys need a current 6-digit code. The secret is shown
     only now; it is stored wrapped by the master key.
     """
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
             enrolment = gw.mfa_enable(tenant_name, exempt=exempt, actor=_actor())
@@ -336,7 +325,7 @@ def mfa_disable(
     nodes: str | None,
 ) -> None:
     """Disable MFA for TENANT (needs a current code)."""
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
             gw.mfa_disable(tenant_name, code, actor=_actor())
@@ -352,7 +341,7 @@ def mfa_status(
     """Whether TENANT has MFA, since when, and its exempt patterns."""
     import datetime as dt
 
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         with _open_gateway(config) as gw:
             rec = gw.mfa_status(tenant_name)
@@ -390,7 +379,7 @@ def rebuild(
     from orbitvault.ground.gateway import Gateway
     from orbitvault.grpc.gateway_server import build_directory, load_master_key
 
-    with _errors():
+    with cli_errors():
         config = _load(
             config_path,
             state_dir=state_dir,
@@ -448,7 +437,7 @@ def status(
     TLS: --tls-* (a client certificate), else the gateway's own files from --config; --insecure
     for a plaintext gateway.
     """
-    with _errors():
+    with cli_errors():
         config = None
         if address is None or (config_path is not None and tls_ca is None and not insecure):
             config = _load(config_path)
@@ -535,7 +524,7 @@ def audit_verify(
     from orbitvault.ground.catalog import Catalog
     from orbitvault.grpc.gateway_server import load_master_key
 
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         key = load_master_key(config)
         catalog = Catalog(config.state_dir)
@@ -566,7 +555,7 @@ def audit_show(
 
     from orbitvault.ground import audit as audit_mod
 
-    with _errors():
+    with cli_errors():
         config = _load(config_path, state_dir=state_dir, master_key_file=master_key_file, nodes=nodes)
         if not config.audit_path.exists():
             raise click.ClickException(f"no audit log at {config.audit_path} yet")

@@ -8,23 +8,13 @@ stays fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from orbitvault.cli.errors import cli_errors
 from orbitvault.cli.node_scrub import irradiate, scrub
-from orbitvault.errors import OrbitVaultError
 from orbitvault.storage.config import load_node_config
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except OrbitVaultError as e:
-        raise click.ClickException(str(e)) from None
 
 
 @click.group()
@@ -80,7 +70,7 @@ def serve(
     node certificates may call. Plaintext needs --insecure. Prints "listening on HOST:PORT" once
     the port is bound; logs (key=value) go to stderr.
     """
-    with _errors():
+    with cli_errors():
         config = load_node_config(
             config_path,
             overrides={

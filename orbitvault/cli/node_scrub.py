@@ -21,18 +21,10 @@ from typing import Any
 
 import click
 
-from orbitvault.errors import OrbitVaultError
+from orbitvault.cli.errors import cli_errors
 from orbitvault.storage.config import load_node_config
 
 EXIT_UNRECOVERABLE = 3
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except OrbitVaultError as e:
-        raise click.ClickException(str(e)) from None
 
 
 @click.command("scrub")
@@ -75,7 +67,7 @@ def scrub(
     Damaged headers are corrected in place; damaged rows are rebuilt from the same row of k
     sibling shards read from the peers. Resumes an interrupted pass. Stops on SIGTERM or Ctrl-C.
     """
-    with _errors():
+    with cli_errors():
         config = load_node_config(
             config_path,
             overrides={
@@ -198,7 +190,7 @@ def irradiate(
     Either --count N, or --rate R --duration D (Poisson number of upsets, optionally concentrated
     in a South Atlantic Anomaly pass with --saa-burst). For tests and drills only.
     """
-    with _errors():
+    with cli_errors():
         from orbitvault.errors import InvalidArgument
         from orbitvault.storage.irradiate import irradiate as run_irradiate
         from orbitvault.storage.irradiate import parse_duration

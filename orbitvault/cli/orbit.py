@@ -10,8 +10,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from orbitvault.errors import InvalidArgument, OrbitVaultError
+from orbitvault.cli.errors import cli_errors
+from orbitvault.errors import InvalidArgument
 from orbitvault.orbit.config import load_constellation
 from orbitvault.orbit.links import Network
 from orbitvault.orbit.model import Constellation
@@ -39,14 +39,6 @@ from orbitvault.orbit.timeutil import (
     to_datetime,
 )
 from orbitvault.storage.config import parse_size
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except OrbitVaultError as e:
-        raise click.ClickException(str(e)) from None
 
 
 def _span(start: str, duration: str) -> tuple[Timestamp, Timestamp]:
@@ -141,7 +133,7 @@ def passes(
     satellites: tuple[str, ...],
 ) -> None:
     """Predict ground-station passes (AOS/LOS to the second, maximum elevation)."""
-    with _errors():
+    with cli_errors():
         t0, t1 = _span(start, duration)
         con = load_constellation(config_path).select(stations=stations or None, satellites=satellites or None)
         began = time.perf_counter()
@@ -248,7 +240,7 @@ def plan(
     With --backlog/--restore, also the predicted RPO/RTO next to the lower bound that the windows'
     total capacity gives (no schedule can beat it).
     """
-    with _errors():
+    with cli_errors():
         stations: set[str] = set()
         elapsed = 0.0
         if input_path is not None:

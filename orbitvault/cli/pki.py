@@ -6,25 +6,13 @@ overwritten; the CA key should then move offline (it is needed again only to iss
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from orbitvault.errors import OrbitVaultError
+from orbitvault.cli.errors import cli_errors
 
 _DIR_HELP = "The PKI directory (ca.crt, ca.key and the issued NAME.crt / NAME.key)."
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except OrbitVaultError as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.strerror or e} ({e.filename})") from None
 
 
 @click.group()
@@ -40,7 +28,7 @@ def init(directory: Path, name: str, days: int) -> None:
     """Create the CA (ca.crt, ca.key) in DIR."""
     from orbitvault.ground import pki as domain
 
-    with _errors():
+    with cli_errors():
         info = domain.init(directory, name=name, days=days)
     click.echo(f"CA created in {directory}: {directory / 'ca.crt'} (sha256 {info.sha256[:16]}...)")
     click.echo(f"valid until {info.not_after:%Y-%m-%d}; keep {directory / 'ca.key'} offline when not issuing", err=True)
@@ -63,7 +51,7 @@ def issue(role: str, name: str, directory: Path, dns: tuple[str, ...], ips: tupl
     """
     from orbitvault.ground import pki as domain
 
-    with _errors():
+    with cli_errors():
         issued = domain.issue(directory, role, name, dns=dns, ips=ips, days=days)
     info = issued.info
     sans = ", ".join([*info.dns, *info.ips]) or "none"
@@ -79,7 +67,7 @@ def show(cert: Path) -> None:
 
     from orbitvault.ground import pki as domain
 
-    with _errors():
+    with cli_errors():
         try:
             parsed = x509.load_pem_x509_certificate(cert.read_bytes())
         except ValueError:
