@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from orbitvault.errors import InvalidArgument
@@ -112,3 +114,15 @@ def size_or_zero(value: Any, what: str) -> int:
     if value in (0, "0", ""):
         return 0
     return parse_size(value, what)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A role's config file as a table; unreadable or malformed files name the file (`what` config)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} config {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{what} config {path} is not valid TOML: {exc}") from None

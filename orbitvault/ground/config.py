@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,7 +64,7 @@ import platformdirs
 from orbitvault.errors import InvalidArgument
 from orbitvault.orbit.timeutil import parse_time
 from orbitvault.settings import int_range as _int_range
-from orbitvault.settings import parse_address, parse_size
+from orbitvault.settings import parse_address, parse_size, read_toml
 from orbitvault.settings import positive as _positive
 from orbitvault.settings import size_or_zero as _size_or_zero
 from orbitvault.settings import to_bool as _bool
@@ -203,14 +202,7 @@ def _check_key(key: str, source: str) -> None:
 
 
 def _read_file(path: Path, raw: dict[str, tuple[Any, str]]) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read gateway config {path}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"gateway config {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "gateway")
     for key, value in data.items():
         _check_key(key, str(path))
         raw[key] = (value, str(path))

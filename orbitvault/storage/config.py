@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import platformdirs
 
 from orbitvault.errors import InvalidArgument
 from orbitvault.settings import int_range as _int_range
-from orbitvault.settings import parse_address, parse_size
+from orbitvault.settings import parse_address, parse_size, read_toml
 from orbitvault.settings import to_bool as _bool
 
 ENV_PREFIX = "ORBITVAULT_NODE_"
@@ -132,14 +131,7 @@ def _known_keys() -> list[str]:
 
 
 def _read_file(path: Path, raw: dict[str, tuple[Any, str]]) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read node config {path}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"node config {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "node")
     source = str(path)
     for key, value in data.items():
         if key == "scrub":
