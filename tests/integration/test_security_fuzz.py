@@ -243,6 +243,7 @@ def test_fuzz_shard_store_random_messages(node: Any, data: st.DataObject, method
     requests = [fill(data, cls()).SerializeToString() for _ in range(n)]
     before = _node_state(server)
     code = raw.call(method, requests)
+    server.store.expire_uploads(2**62)  # resumable transfers' partial uploads are kept by design
     if code is not grpc.StatusCode.OK and method.name in ("PutShard", "DeleteShard"):
         assert _node_state(server) == before, "a failed call changed the store"
     if method.name != "DeleteShard" or code is not grpc.StatusCode.OK:
@@ -269,7 +270,11 @@ def test_fuzz_put_shard_streams_from_a_valid_start(node: Any, data: st.DataObjec
             msgs.insert(i, msgs[i])
     before = _node_state(server)
     code = raw.call(put, msgs)
-    if code is grpc.StatusCode.OK:
+    # A start the mutations gave an upload id is a resumable (scheduled-mode) transfer: by design the
+    # node keeps the rows that passed their checks, invisible, with the shard's space reserved, so a
+    # resume can continue. Dropping those partial uploads must leave the node exactly as it was.
+    partial = server.store.expire_uploads(2**62)
+    if code is grpc.StatusCode.OK and not partial:
         # Only a stream that is still the whole shard, byte for byte in its rows, may commit.
         got = b"".join(r.fragment for r in server.store.read_rows(shard.shard_id, range(len(shard.fragments))))
         assert got == b"".join(shard.fragments)
@@ -298,6 +303,7 @@ def test_fuzz_shard_store_mutated_bytes(node: Any, data: st.DataObject, method: 
     msgs[i] = mutate(data, msgs[i])
     before = _node_state(server)
     code = raw.call(method, msgs)
+    server.store.expire_uploads(2**62)  # resumable transfers' partial uploads are kept by design
     if code is grpc.StatusCode.OK and method.name == "PutShard":
         server.store.delete(shard.shard_id)
     elif method.name in ("PutShard", "DeleteShard") and code is not grpc.StatusCode.OK:
