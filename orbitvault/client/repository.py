@@ -677,8 +677,18 @@ class Packer:
             st.bytes_raw += blob.raw_length
             st.bytes_stored += len(blob.sealed)
             full = self._take(blob.type) if w.size >= self.pack_size else None
+        if blob.type is BlobType.TREE:
+            self._cache_tree(blob.id, blob.sealed)
         if full is not None:
             self._dispatch(full)
+
+    def _cache_tree(self, blob_id: bytes, sealed: bytes | memoryview) -> None:
+        """Write-through to the backend's tree cache: the next backup (parent trees), restore or
+        check of this snapshot reads its trees locally. An entry whose pack never gets stored is
+        harmless: reads go through the index first, and the entry is valid for its id anywhere."""
+        cache = getattr(self.repo.backend, "tree_cache", None)
+        if cache is not None and not self.dry_run:
+            cache.put(blob_id, bytes(sealed))
 
     def add_sealed(self, entry: PackEntry, sealed: bytes | memoryview) -> None:
         with self._lock:
@@ -689,6 +699,8 @@ class Packer:
             self.stats.blobs += 1
             self.stats.bytes_stored += len(sealed)
             full = self._take(entry.type) if w.size >= self.pack_size else None
+        if entry.type is BlobType.TREE:
+            self._cache_tree(entry.id, sealed)
         if full is not None:
             self._dispatch(full)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from orbitvault.client.backend import LocalBackend, object_name
+from orbitvault.client.backend_orbit import BlobCache
 from orbitvault.client.chunker import ChunkerParams
 from orbitvault.client.crypto import KdfParams
 from orbitvault.client.errors import CorruptObject, RepositoryLocked, RepositoryNotFound, WrongPassword
@@ -99,6 +100,43 @@ def test_blobs_through_packs_index_and_recovery(tmp_path: Path) -> None:
     third = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
     third.load_index()
     assert enc.id in third.index  # the recovery wrote an index object
+
+
+class _CachingBackend(LocalBackend):
+    """A local backend with the tree cache the orbit:// backend has, counting pack reads."""
+
+    def __init__(self, root: Path, cache: Path) -> None:
+        super().__init__(root)
+        self.tree_cache = BlobCache(cache)
+        self.pack_reads = 0
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.pack_reads += name.startswith("data/")
+        return super().get(name, offset, length)
+
+
+def test_written_trees_are_cached_for_the_next_reader(tmp_path: Path) -> None:
+    _repo(tmp_path)
+    be = _CachingBackend(tmp_path / "r", tmp_path / "cache")
+    repo = Repository.open(be, b"pw")
+    packer = Packer(repo)
+    tree = repo.encode_blob(BlobType.TREE, b'{"nodes":[]}')
+    data = repo.encode_blob(BlobType.DATA, os.urandom(5000))
+    packer.add(tree)
+    packer.add(data)
+    packer.flush()
+    reader = Repository.open(be, b"pw")
+    reader.load_index()
+    assert reader.read_blob(tree.id) == b'{"nodes":[]}'
+    assert be.pack_reads == 0  # the tree came from the cache the backup filled
+    reader.read_blob(data.id)
+    assert be.pack_reads == 1  # data blobs are not cached
+    # A damaged entry is caught by authenticated decryption and read from the pack again.
+    path = next((tmp_path / "cache").rglob(tree.id.hex()))
+    path.write_bytes(b"x" * len(path.read_bytes()))
+    reader._tree_cache.clear()
+    assert reader.read_blob(tree.id) == b'{"nodes":[]}'
+    assert be.pack_reads == 2
 
 
 def test_locks_shared_exclusive_and_stale(tmp_path: Path) -> None:
