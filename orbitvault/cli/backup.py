@@ -8,6 +8,9 @@ attaches every command to the top-level `orbitvault` group.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import posixpath
 import stat as statmod
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -26,7 +29,7 @@ from orbitvault.cli.backup_common import (
     repo_command,
     table,
 )
-from orbitvault.errors import InvalidArgument
+from orbitvault.errors import InvalidArgument, NotFound
 
 
 def _snapshot_filter_options(fn: Any) -> Any:
@@ -47,6 +50,29 @@ def _one_snapshot(repo: Any, ref: str, hosts: tuple[str, ...] = (), tags: tuple[
 
     snaps = _filtered(repo, hosts, tags, paths) if ref.startswith("latest") else repo.load_snapshots()
     return find_snapshot(snaps, ref)
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    """restic's SNAPSHOT[:SUBFOLDER] -> (snapshot reference, subfolder or None)."""
+    sid, sep, sub = ref.partition(":")
+    return sid, (sub if sep else None)
+
+
+def _subtree(repo: Any, snap: Any, subfolder: str) -> tuple[bytes, str]:
+    """The tree of `subfolder` in `snap` and its normalised path ("" for the root), found by
+    walking the trees from the root, as restic does for SNAPSHOT:SUBFOLDER."""
+    tree, walked = snap.tree, ""
+    for name in posixpath.normpath("/" + subfolder).split("/"):
+        if not name:
+            continue
+        walked += "/" + name
+        node = next((n for n in repo.load_tree(tree) if n.name == name), None)
+        if node is None:
+            raise NotFound(f"path {walked} not found in snapshot {snap.short_id}")
+        if node.type != "dir" or node.subtree is None:
+            raise InvalidArgument(f"path {walked} in snapshot {snap.short_id} is not a directory")
+        tree = node.subtree
+    return tree, walked
 
 
 def snapshot_json(s: Any) -> dict[str, Any]:
@@ -118,11 +144,27 @@ def init(
 
 @click.command()
 @repo_command
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("-e", "--exclude", "excludes", multiple=True, help="Exclude a pattern (repeatable).")
 @click.option("--iexclude", "iexcludes", multiple=True, help="Exclude a pattern, case-insensitive.")
 @click.option("--exclude-file", "exclude_files", multiple=True, help="Patterns to exclude, one per line.")
 @click.option("--iexclude-file", "iexclude_files", multiple=True, help="Like --exclude-file, case-insensitive.")
+@click.option(
+    "--exclude-caches", is_flag=True, help="Skip the contents of directories with a valid CACHEDIR.TAG (tag kept)."
+)
+@click.option(
+    "--exclude-if-present",
+    "exclude_if_present",
+    multiple=True,
+    metavar="NAME[:HEADER]",
+    help="Skip the contents of directories holding NAME (starting with HEADER), NAME kept (repeatable).",
+)
+@click.option("--exclude-larger-than", metavar="SIZE", help="Skip files larger than SIZE (k, m, g, t: 1M = 1 MiB).")
+@click.option("--files-from", multiple=True, metavar="FILE", help="Paths or globs, one a line, # comments.")
+@click.option("--files-from-verbatim", multiple=True, metavar="FILE", help="Paths, one a line, taken literally.")
+@click.option("--files-from-raw", multiple=True, metavar="FILE", help="Paths, each NUL-terminated (find -print0).")
+@click.option("--stdin", is_flag=True, help="Back up what is read from standard input, as one file.")
+@click.option("--stdin-filename", default="stdin", show_default=True, help="Name of that file in the snapshot.")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross file system boundaries.")
 @click.option("--tag", "tags", multiple=True, help="Tags for the snapshot (a,b or repeated).")
 @click.option("-H", "--host", help="Host name to record (default: this host's).")
@@ -143,6 +185,14 @@ def backup(
     iexcludes: tuple[str, ...],
     exclude_files: tuple[str, ...],
     iexclude_files: tuple[str, ...],
+    exclude_caches: bool,
+    exclude_if_present: tuple[str, ...],
+    exclude_larger_than: str | None,
+    files_from: tuple[str, ...],
+    files_from_verbatim: tuple[str, ...],
+    files_from_raw: tuple[str, ...],
+    stdin: bool,
+    stdin_filename: str,
     one_file_system: bool,
     tags: tuple[str, ...],
     host: str | None,
@@ -155,13 +205,35 @@ def backup(
     limit_upload: int | None,
     time_: str | None,
 ) -> None:
-    """Back up files and directories into a new snapshot.
+    """Back up files and directories (or, with --stdin, a stream) into a new snapshot.
 
     Exit code 3 when some files could not be read (the snapshot is saved without them).
     """
     from orbitvault.client.archiver import Archiver, BackupOptions
-    from orbitvault.client.filters import read_pattern_files
+    from orbitvault.client.filters import parse_size, read_pattern_files, tag_files
 
+    lists = (
+        ("--files-from", files_from),
+        ("--files-from-verbatim", files_from_verbatim),
+        ("--files-from-raw", files_from_raw),
+    )
+    if stdin and paths:
+        raise InvalidArgument("--stdin was given and files/dirs were listed as arguments")
+    if stdin and (flag := next((f for f, given in lists if given), None)):
+        raise InvalidArgument(f"--stdin and {flag} cannot be used together")
+    if stdin or "-" in files_from + files_from_verbatim + files_from_raw:
+        _password_not_on_stdin(ctx)
+    targets = [] if stdin else _collect_targets(ctx, paths, files_from, files_from_verbatim, files_from_raw)
+    try:
+        tag_files(exclude_if_present)
+    except ValueError as e:
+        raise InvalidArgument(f"bad --exclude-if-present: {e}") from None
+    max_size = None
+    if exclude_larger_than is not None:
+        try:
+            max_size = parse_size(exclude_larger_than)
+        except ValueError as e:
+            raise InvalidArgument(f"--exclude-larger-than: {e}") from None
     when = None
     if time_:
         try:
@@ -170,9 +242,14 @@ def backup(
             raise InvalidArgument(f"bad --time {time_!r}: use YYYY-MM-DD HH:MM:SS") from None
     tag_list = [t.strip() for v in tags for t in v.split(",") if t.strip()]
     opts = BackupOptions(
-        paths=list(paths),
+        paths=targets,
         excludes=list(excludes) + read_pattern_files(exclude_files),
         iexcludes=list(iexcludes) + read_pattern_files(iexclude_files),
+        exclude_caches=exclude_caches,
+        exclude_if_present=list(exclude_if_present),
+        exclude_larger_than=max_size,
+        stdin_fd=click.get_binary_stream("stdin").fileno() if stdin else None,
+        stdin_filename=stdin_filename,
         one_file_system=one_file_system,
         tags=tag_list,
         host=host,
@@ -223,6 +300,70 @@ def backup(
         if not ctx.json:
             click.echo(f"Warning: at least one source file could not be read ({len(arch.errors)} errors)", err=True)
         raise ExitCode(EXIT_INCOMPLETE)
+
+
+def _password_not_on_stdin(ctx: Ctx) -> None:
+    """Standard input carries data: the password must come from elsewhere (restic's rule)."""
+    if not (ctx.password_file or ctx.password_command or os.environ.get("ORBITVAULT_PASSWORD") is not None):
+        raise InvalidArgument(
+            "cannot read both the password and data from standard input: "
+            "use ORBITVAULT_PASSWORD, --password-file or --password-command"
+        )
+
+
+def _collect_targets(
+    ctx: Ctx, paths: tuple[str, ...], files_from: tuple[str, ...], verbatim: tuple[str, ...], raw: tuple[str, ...]
+) -> list[str]:
+    """The positional paths plus those listed in --files-from* files.
+
+    A listed path that does not exist stops the backup before anything is read (exit 1): a list
+    is usually generated, and a stale one should be noticed, not silently half-used. A glob that
+    matches nothing is only a warning, as in restic.
+    """
+    from orbitvault.client.filters import (
+        expand_glob,
+        has_magic,
+        read_files_from,
+        read_files_from_raw,
+        read_files_from_verbatim,
+    )
+
+    literal: list[tuple[str, str]] = []  # (flag, path): must exist
+    out: list[str] = []
+
+    def read(flag: str, f: str, reader: Callable[[str], list[str]]) -> list[str]:
+        try:
+            return reader(f)
+        except OSError as e:
+            raise InvalidArgument(f"{flag} {f}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise InvalidArgument(f"{flag} {f}: {e}") from None
+
+    for f in files_from:
+        for line in read("--files-from", f, read_files_from):
+            if not has_magic(line):
+                literal.append(("--files-from", line))
+                continue
+            try:
+                matches = expand_glob(line)
+            except ValueError as e:
+                raise InvalidArgument(f"--files-from {f}: {e}") from None
+            if not matches:
+                ctx.warn(f"pattern {line!r} does not match any files, skipping")
+            out += matches
+    for f in verbatim:
+        literal += [("--files-from-verbatim", p) for p in read("--files-from-verbatim", f, read_files_from_verbatim)]
+    for f in raw:
+        literal += [("--files-from-raw", p) for p in read("--files-from-raw", f, read_files_from_raw)]
+    missing = [(flag, p) for flag, p in literal if not os.path.lexists(p)]
+    if missing:
+        flag, p = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InvalidArgument(f"file {p!r} listed by {flag} does not exist{more}")
+    out += [p for _flag, p in literal] + list(paths)
+    if not out:
+        raise InvalidArgument("nothing to back up: give files/dirs, --files-from* or --stdin")
+    return out
 
 
 # --- snapshots ------------------------------------------------------------------------------------
@@ -339,9 +480,11 @@ def ls_cmd(
     long_: bool,
     recursive: bool,
 ) -> None:
-    """List files of a snapshot (optionally only in DIRs)."""
+    """List files of a snapshot (optionally only in DIRs); SNAPSHOT:SUBFOLDER lists below SUBFOLDER."""
     repo = ctx.open_repo(load_index=True)
-    snap = _one_snapshot(repo, snapshot_id, hosts, tags, paths)
+    ref, subfolder = _split_ref(snapshot_id)
+    snap = _one_snapshot(repo, ref, hosts, tags, paths)
+    tree, prefix = _subtree(repo, snap, subfolder) if subfolder is not None else (snap.tree, "")
     wanted = [d.rstrip("/") or "/" for d in dirs]
 
     def selected(path: str) -> bool:
@@ -357,7 +500,7 @@ def ls_cmd(
         ctx.emit({**snapshot_json(snap), "struct_type": "snapshot"})
     elif not ctx.quiet:
         click.echo(f"snapshot {snap.short_id} of {snap.paths} at {snap.time}:", err=True)
-    for path, n in _walk(repo, snap.tree, ""):
+    for path, n in _walk(repo, tree, prefix):
         if not selected(path):
             continue
         if ctx.json:
@@ -400,6 +543,9 @@ def restore(
 ) -> None:
     """Restore a snapshot into --target. Nothing is ever written outside the target.
 
+    SNAPSHOT:SUBFOLDER (e.g. latest:/home/user/docs) restores only that directory, its contents
+    directly in the target; --include/--exclude patterns are then relative to it.
+
     From an orbit:// repository whose gateway keeps objects in orbit (scheduled mode), the objects
     needed are first restored from orbit (RestoreObject), in three rounds: metadata, trees, then
     the data packs; each shows its ETA on the gateway's clock and waits until it is ready.
@@ -413,9 +559,16 @@ def restore(
         if stager is not None:
             stager.stage("metadata", metadata_names(backend))
         repo = ctx.open_repo(load_index=True, backend=backend)
-        snap = _one_snapshot(repo, snapshot_id, hosts, tags, paths)
+        ref, subfolder = _split_ref(snapshot_id)
+        snap = _one_snapshot(repo, ref, hosts, tags, paths)
         if stager is not None:
             stager.stage("trees", tree_pack_names(repo))
+    shown = snap.short_id
+    if subfolder is not None:
+        # The Restorer restores a snapshot's tree: give it a copy whose tree is the subfolder's.
+        tree, where = _subtree(repo, snap, subfolder)
+        snap = dataclasses.replace(snap, tree=tree)
+        shown = f"{snap.short_id}:{where or '/'}"
     opts = RestoreOptions(
         target=target,
         includes=list(includes),
@@ -431,11 +584,12 @@ def restore(
             stager.on_event = on_event
             stager.stage("data", data_pack_names(Restorer(repo, snap, opts).needed_packs()))
     if not ctx.json and not ctx.quiet:
-        click.echo(f"restoring snapshot {snap.short_id} of {snap.paths} at {snap.time} to {target}", err=True)
+        click.echo(f"restoring snapshot {shown} of {snap.paths} at {snap.time} to {target}", err=True)
     with ctx.locked(repo):
         r = Restorer(repo, snap, opts)
         r.on_error = lambda e: ctx.error(e.path, e.message, "restore")
-        total = float((snap.summary or {}).get("total_bytes_processed") or 0) or None
+        whole = subfolder is None  # the snapshot's byte total says nothing about one subfolder
+        total = float((snap.summary or {}).get("total_bytes_processed") or 0) or None if whole else None
         with live_progress(ctx, lambda: (f"{r.summary.files_restored} files", r.bytes_done, total)):
             summary = r.run()
     if ctx.json:

@@ -23,6 +23,9 @@ reading, which is how the tests prove it.
 Directories are finished in post-order from a FIFO: a directory closes after its subdirectories,
 so by the time it reaches the head of the FIFO every subtree id it needs is known, and the walk
 never waits for file contents except to bound memory.
+
+With `stdin_fd` (backup --stdin) there is no walk: the stream becomes one file at the root of the
+snapshot, chunked as it arrives, so memory stays bounded by the chunker's buffer whatever its size.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import errno
 import grp
 import os
+import posixpath
 import pwd
 import socket
 import stat
@@ -44,7 +48,7 @@ from datetime import datetime
 from typing import Any
 
 from orbitvault import __version__
-from orbitvault.client.filters import PathMatcher
+from orbitvault.client.filters import PathMatcher, TagFile, tag_files
 from orbitvault.client.pack import BlobType
 from orbitvault.client.repository import Packer, Repository, now_local
 from orbitvault.client.snapshot import Snapshot, filter_snapshots
@@ -72,6 +76,12 @@ class BackupOptions:
     time: datetime | None = None
     max_inflight: int = 8
     inline_limit: int = 128 * 1024
+    # NAME[:HEADER] specs: a directory holding NAME keeps only NAME (restic's --exclude-if-present)
+    exclude_if_present: list[str] = field(default_factory=list)
+    exclude_caches: bool = False
+    exclude_larger_than: int | None = None  # bytes; larger regular files are skipped
+    stdin_fd: int | None = None  # back up this stream instead of `paths`
+    stdin_filename: str = "stdin"
 
 
 @dataclass
@@ -227,6 +237,7 @@ class Archiver:
         self.warnings: list[str] = []
         self.on_error: Callable[[BackupError], None] | None = None
         self.excluder = PathMatcher(opts.excludes, opts.iexcludes)
+        self.tag_files: list[TagFile] = tag_files(opts.exclude_if_present, exclude_caches=opts.exclude_caches)
         self._names = _Names()
         self._stats_lock = threading.Lock()
         self._claim_lock = threading.Lock()
@@ -257,7 +268,8 @@ class Archiver:
         unindexed = repo.unindexed_packs()
         if unindexed and not self.opts.dry_run:
             self.summary.packs_recovered = repo.recover_unindexed_packs(unindexed)
-        self.parent = self._find_parent(targets)
+        # Like restic, a stream has no parent: there is nothing to compare it with but its bytes.
+        self.parent = None if self.opts.stdin_fd is not None else self._find_parent(targets)
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
 
         self._packer = Packer(
@@ -265,7 +277,10 @@ class Archiver:
         )
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.opts.read_concurrency), thread_name_prefix="read")
         try:
-            root = self._walk_roots(targets)
+            if self.opts.stdin_fd is not None:
+                root = self._stdin_root(targets[0], self.opts.stdin_fd, self.opts.time or start)
+            else:
+                root = self._walk_roots(targets)
             self._drain(block=True)
             assert root.done and root.node.subtree is not None
             self._flush_encode()
@@ -311,6 +326,11 @@ class Archiver:
     # --- setup -----------------------------------------------------------------------------
 
     def _targets(self) -> list[str]:
+        if self.opts.stdin_fd is not None:
+            name = posixpath.normpath("/" + self.opts.stdin_filename.lstrip("/"))
+            if name == "/":
+                raise OrbitVaultError(f"--stdin-filename {self.opts.stdin_filename!r} does not name a file")
+            return [name]
         out = []
         for p in self.opts.paths:
             a = os.path.normpath(os.path.abspath(p))
@@ -413,6 +433,27 @@ class Archiver:
             self.summary.bytes_read += size
         return ids, size
 
+    def _read_stream(self, fd: int) -> tuple[list[bytes], int]:
+        """Main thread: a stream (stdin), cut as it arrives. Chunks are sealed and packed before
+        the next is read (their memoryviews point into the chunker's reused buffer), so at most
+        the chunker's buffer and the packer's packs are in memory, never the whole stream."""
+        assert self._packer is not None
+        ids: list[bytes] = []
+        size = 0
+        key, codec, packer = self.repo.key, self.repo.codec, self._packer
+        for mv in self.repo.chunker.chunk_fd(fd, 0):
+            size += len(mv)
+            bid = key.blob_id(mv)
+            ids.append(bid)
+            if self._claim(bid):
+                packer.add(codec.encode(BlobType.DATA, mv, bid))
+            with self._stats_lock:
+                self.summary.bytes_read = size
+            self._check_failed()
+        with self._stats_lock:
+            self.summary.files_read += 1
+        return ids, size
+
     def _queue_encode(self, blob_type: BlobType, bid: bytes, data: bytes | memoryview) -> None:
         self._encode.append((blob_type, bid, data))
         self._encode_bytes += len(data)
@@ -501,6 +542,34 @@ class Archiver:
             cur[parts[-1]] = None
         return self._virtual_dir("", Node(name="", type="dir"), trie, prev_root)
 
+    def _stdin_root(self, target: str, fd: int, when: datetime) -> _PendingDir:
+        """The stream as `target` (e.g. /stdin): mode 0644, owned by this user, modified `when`,
+        below directories of the same owner and time when the name has several components."""
+        uid, gid = os.getuid(), os.getgid()
+        user, group = self._names.user(uid), self._names.group(gid)
+        ns = int(when.timestamp()) * 10**9 + when.microsecond * 1000
+        *dirs, name = target.strip("/").split("/")
+        self.current_path = target
+
+        def node(n: str, kind: str, mode: int) -> Node:
+            return Node(n, kind, mode, uid, gid, user, group, mtime_ns=ns, atime_ns=ns, ctime_ns=ns)
+
+        f = node(name, "file", 0o644)
+        try:
+            f.content, f.size = self._read_stream(fd)
+        except OSError as e:
+            raise OrbitVaultError(f"reading standard input: {e.strerror or e}") from None
+        self.summary.files_new = self.summary.total_files_processed = 1
+        self.summary.total_bytes_processed = f.size
+        child: Node | _PendingDir = f
+        for k in range(len(dirs), 0, -1):  # innermost first: the FIFO finishes directories in post-order
+            pd = _PendingDir(node(dirs[k - 1], "dir", 0o755), "/" + "/".join(dirs[:k]), None, [child])
+            self._closed.append(pd)
+            child = pd
+        root = _PendingDir(Node(name="", type="dir"), "/", None, [child])
+        self._closed.append(root)
+        return root
+
     def _virtual_dir(self, path: str, node: Node, trie: dict[str, Any], prev_subtree: bytes | None) -> _PendingDir:
         pd = _PendingDir(node, path or "/", prev_subtree)
         prev = self._prev_children(prev_subtree)
@@ -537,9 +606,12 @@ class Archiver:
             self._error(path, e)
             names = []
         base = path.rstrip("/")
+        tags = self._tags_in(path, names) if self.tag_files else ()
         for name in names:
             full = f"{base}/{name}"
             if self.excluder and self.excluder.match(full):
+                continue
+            if tags and any(t != name for t in tags):  # a tagged directory keeps its tag file only
                 continue
             try:
                 st = os.lstat(full)
@@ -555,8 +627,16 @@ class Archiver:
             self._drain(block=True, keep=2048)
         return pd
 
+    def _tags_in(self, path: str, names: list[str]) -> list[str]:
+        """Names of the tag files (--exclude-if-present, --exclude-caches) that mark `path`."""
+        present = set(names)
+        return [t.name for t in self.tag_files if t.name in present and t.marks(path, self.warnings.append)]
+
     def _entry(self, full: str, name: str, st: os.stat_result, prev: Node | None) -> Any:
         self.current_path = full
+        limit = self.opts.exclude_larger_than
+        if limit is not None and st.st_size > limit and stat.S_ISREG(st.st_mode):
+            return None
         try:
             node = node_from_stat(name, st, full, self._names)
         except OSError as e:

@@ -104,3 +104,31 @@ def test_type_changes_between_snapshots(tmp_path: Path) -> None:
     r = Restorer(repo, first, RestoreOptions(target=str(target)))
     r.run()
     assert r.errors and "directory" in r.errors[0].message
+
+
+def test_stdin_stream_from_a_pipe(tmp_path: Path) -> None:
+    import threading
+
+    data = os.urandom(300_000)
+    r, w = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(w, "wb") as f:
+            for i in range(0, len(data), 7_000):  # short writes: the reader sees short reads
+                f.write(data[i : i + 7_000])
+                f.flush()
+
+    t = threading.Thread(target=feed)
+    t.start()
+    repo = _repo(tmp_path)
+    try:
+        snap, s, a = _backup(repo, stdin_fd=r, stdin_filename="/../a/b.sql")
+    finally:
+        t.join()
+        os.close(r)
+    assert a.parent is None and snap.paths == ["/a/b.sql"] and s.files_new == 1 and s.data_blobs > 4
+    (d,) = repo.load_tree(snap.tree)
+    assert (d.name, d.type, d.mode, d.uid) == ("a", "dir", 0o755, os.getuid())
+    (f,) = repo.load_tree(d.subtree)  # type: ignore[arg-type]
+    assert (f.name, f.mode, f.size) == ("b.sql", 0o644, len(data))
+    assert b"".join(repo.read_blob(c) for c in f.content or []) == data
