@@ -16,6 +16,7 @@ import importlib
 import click
 
 from orbitvault import __version__
+from orbitvault.cli import allocator
 from orbitvault.cli.backup import register as register_backup
 
 _LAZY = {
@@ -52,4 +53,5 @@ register_backup(cli)
 
 
 def main() -> None:
+    allocator.tune()
     cli()

@@ -90,6 +90,10 @@ class OrbitCredentials:
 class OrbitBackend:
     """The `Backend` protocol over the gateway SDK."""
 
+    # Packs in flight at once (repository.Packer): a put returns only when k+1 shards of every
+    # stripe are synced on distinct nodes, so one at a time leaves the gateway and nodes idle.
+    concurrent_puts = 2
+
     def __init__(
         self,
         url: str,

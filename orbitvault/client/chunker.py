@@ -116,7 +116,6 @@ class Chunker:
         `size_hint` (the size from stat) only sizes the first read, so a small file costs one
         allocation of its own size.
         """
-        raw = io.FileIO(fd, "rb", closefd=False)
         limit = self.whole_file_limit
         hint = max(size_hint, 0)
         if hint <= limit:
@@ -129,6 +128,7 @@ class Chunker:
         if len(head) <= limit:
             yield from self.chunk_bytes(head)
             return
+        raw = io.FileIO(fd, "rb", closefd=False)  # only here: it costs an fstat
         for c in self._cdc().cut_stream(_PrefixReader(head, raw)):
             yield c.data
 

@@ -656,11 +656,16 @@ class Packer:
         self._sent = 0
         self._lock = threading.Lock()
         self._uploads: queue.Queue[tuple[bytes, bytearray, list[PackEntry]] | None] | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         if background:
-            self._uploads = queue.Queue(maxsize=2)
-            self._thread = threading.Thread(target=self._uploader, name="uploader", daemon=True)
-            self._thread.start()
+            # A remote store answers a put only after its own pipeline (the gateway: erasure
+            # coding, k+1 synced node commits): several puts in flight keep that pipeline full.
+            n = max(1, int(getattr(repo.backend, "concurrent_puts", 1)))
+            self._uploads = queue.Queue(maxsize=max(2, n))
+            for i in range(n):
+                t = threading.Thread(target=self._uploader, name=f"uploader-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def add(self, blob: EncodedBlob) -> None:
         with self._lock:
@@ -775,8 +780,10 @@ class Packer:
         self.write_index()
 
     def close(self) -> None:
-        """Stop the uploader thread (after the packs already queued)."""
-        if self._thread is not None and self._uploads is not None:
-            self._uploads.put(None)
-            self._thread.join()
-            self._thread = None
+        """Stop the uploader threads (after the packs already queued)."""
+        if self._threads and self._uploads is not None:
+            for _t in self._threads:
+                self._uploads.put(None)
+            for t in self._threads:
+                t.join()
+            self._threads = []

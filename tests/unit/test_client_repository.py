@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -172,3 +174,41 @@ def test_lock_refresh_replaces_the_object(tmp_path: Path, monkeypatch: pytest.Mo
     assert not lk.lost
     lk.release()
     assert not (tmp_path / "r" / object_name("locks", first or "")).exists()
+
+
+class _SlowRemote(LocalBackend):
+    """A store whose puts take a while, like the gateway's (k+1 synced commits per pack)."""
+
+    concurrent_puts = 3
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.active = self.peak = 0
+        self._lock = threading.Lock()
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.05)
+        super().put(name, data)
+        with self._lock:
+            self.active -= 1
+
+
+def test_packs_upload_concurrently_to_a_remote_store(tmp_path: Path) -> None:
+    _repo(tmp_path, pack_size=8192)
+    be = _SlowRemote(tmp_path / "r")
+    repo = Repository.open(be, b"pw")
+    packer = Packer(repo, background=True, index_every=3)
+    blobs = {}
+    for _ in range(12):
+        enc = repo.encode_blob(BlobType.DATA, os.urandom(9000))
+        packer.add(enc)
+        blobs[enc.id] = enc
+    packer.flush()
+    assert be.peak == 3  # three puts in flight, not one after the other
+    assert packer.stats.packs == 12
+    fresh = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
+    fresh.load_index()
+    assert all(fresh.read_blob(i) for i in blobs)  # every pack stored and indexed
