@@ -467,7 +467,8 @@ def status(
         used = f"{n.used_bytes / 2**20:.1f}/{n.capacity_bytes / 2**20:.0f} MiB"
         plane = f" plane {n.plane}" if n.plane else ""
         sat = f" on {n.satellite}" if n.satellite else ""
-        click.echo(f"  {n.node_id.hex()[:16]}  {n.name:<12} {n.address:<21} {n.reachability:<14} {used}{plane}{sat}")
+        addr = n.address or "-"  # only the operator's (gateway) certificate is told addresses
+        click.echo(f"  {n.node_id.hex()[:16]}  {n.name:<12} {addr:<21} {n.reachability:<14} {used}{plane}{sat}")
     r = st.repair
     click.echo(
         f"repair backlog: {r.shards_missing} shard(s) missing, {r.rows_damaged} row(s) damaged, "

@@ -32,7 +32,7 @@ from orbitvault.ground import model, validate
 from orbitvault.ground.gateway import Gateway
 from orbitvault.ground.mfa import SESSION_PREFIX, Grant
 from orbitvault.grpc.status import rpc_errors
-from orbitvault.grpc.tls import CLIENT_OR_GATEWAY, RoleCheck
+from orbitvault.grpc.tls import CLIENT_OR_GATEWAY, Role, RoleCheck, peer_identity
 from orbitvault.grpc.v1 import common_pb2, object_store_pb2_grpc
 from orbitvault.grpc.v1 import object_store_pb2 as pb
 
@@ -517,17 +517,21 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
         self, request: pb.GetGatewayStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetGatewayStatusResponse:
         self._principal(context)
-        return gateway_status_to_pb(self.gateway.status())
+        # Node addresses are infrastructure, not a tenant's business: only the operator (the
+        # gateway's own certificate, as `orbitvault gateway status --config` presents) sees them.
+        who = peer_identity(context) if self.roles.tls else None
+        operator = who is not None and who.role is Role.GATEWAY
+        return gateway_status_to_pb(self.gateway.status(), addresses=operator)
 
 
-def gateway_status_to_pb(st: model.GatewayStatus) -> pb.GetGatewayStatusResponse:
+def gateway_status_to_pb(st: model.GatewayStatus, *, addresses: bool = True) -> pb.GetGatewayStatusResponse:
     r = st.repair
     return pb.GetGatewayStatusResponse(
         nodes=[
             pb.GatewayNode(
                 node_id=n.node_id,
                 name=n.name,
-                address=n.address,
+                address=n.address if addresses else "",
                 satellite=n.satellite,
                 plane=n.plane,
                 reachability=_enum_to_pb(pb.NodeReachability, "NODE_REACHABILITY", n.reachability),

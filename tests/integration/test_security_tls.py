@@ -270,6 +270,12 @@ def test_end_to_end_over_mtls(certs: Pki, tls_sky: Any) -> None:
     assert server.gateway.status().nodes and all(
         n.reachability.value == "IN_CONTACT" for n in server.gateway.status().nodes
     )
+    # A tenant sees the nodes' state but not where they are; the operator (the gateway's own
+    # certificate) sees their addresses too.
+    seen = alice.gateway_status().nodes
+    assert len(seen) == 6 and all(n.reachability == "in_contact" and n.address == "" for n in seen)
+    operator = sky.client(server.address, token, tls=certs.files("gw"))
+    assert sorted(n.address for n in operator.gateway_status().nodes) == sorted(n.address for n in sky.nodes)
     # A node certificate is no way into the object API, even with a valid API key.
     rogue = sky.client(server.address, token, tls=certs.files("sat-0"), retries=0)
     with pytest.raises(PermissionDenied, match="client or gateway"):
@@ -310,10 +316,12 @@ def test_cli_gateway_serve_and_status_over_mtls(certs: Pki, tls_sky: Any, spawn_
     tls_flags = ["--tls-ca", str(alice.ca), "--tls-cert", str(alice.cert), "--tls-key", str(alice.key)]
     ok = runner.invoke(cli, ["gateway", "status", "--address", proc.address, "--api-key", token, *tls_flags])
     assert ok.exit_code == 0 and "6 known, 6 up" in ok.output, ok.output
+    assert not any(a in ok.output for a in sky.addresses)  # a client certificate: no node addresses
     own = runner.invoke(
         cli, ["gateway", "status", "--config", str(config), "--address", proc.address, "--api-key", token]
     )
     assert own.exit_code == 0, own.output  # the gateway's own certificate from the config
+    assert all(a in own.output for a in sky.addresses)  # the operator sees where the nodes are
     plain = runner.invoke(
         cli, ["gateway", "status", "--address", proc.address, "--api-key", token, "--insecure", "--timeout", "3"]
     )
