@@ -9,7 +9,7 @@ Exposed (every series labelled with the node id):
 
     orbitvault_scrub_{shards,rows,bytes}_verified_total     verification work
     orbitvault_scrub_damaged_found_total                    damage incidents found
-    orbitvault_scrub_repaired_in_place_total                header RS corrections, checksum copies
+    orbitvault_scrub_repaired_in_place_total                header RS corrections, checksum copies, bit flips
     orbitvault_scrub_repaired_from_peers_total              fragments rebuilt from sibling rows
     orbitvault_scrub_unrecoverable_total                    damage that could not be repaired
     orbitvault_scrub_passes_completed_total                 whole passes
@@ -43,7 +43,7 @@ _COUNTERS = {
     "rows_verified": "Rows the scrubber verified against their checksums.",
     "bytes_verified": "Fragment bytes the scrubber verified.",
     "damaged_found": "Damage incidents found (a header, or a row's fragment or checksum copy).",
-    "repaired_in_place": "Damage corrected on the node alone (header Reed-Solomon, checksum copies).",
+    "repaired_in_place": "Damage corrected on the node alone (header RS, checksum copies, 1-2 bit flips per block).",
     "repaired_from_peers": "Fragments rebuilt from the same row of k sibling shards.",
     "unrecoverable": "Damage that could not be repaired when found.",
     "passes_completed": "Complete scrub passes over the store.",

@@ -3,12 +3,14 @@
 A pass walks every shard in shard_id order. For each shard it verifies the protected header
 (`ShardStore.check_header`: Reed-Solomon correction, rewritten in place) and every row
 (`ShardStore.verify_rows`: blake3 over the LMDB buffers without copying them out; a damaged
-checksum copy is rewritten in place there). A damaged fragment is rebuilt from the same row of k
-sibling shards, read from the nodes that hold them through `PeerRows` (the gRPC `ReadRows` call in
-production, `orbitvault.grpc.peers`), decoded by the erasure layer and written back with
-`ShardStore.write_row`, which accepts it only if it matches a stored checksum. What cannot be
-repaired (fewer than k healthy fragments of the row reachable, or a header beyond its code) is
-reported exactly: shard, rows, object, stripe; in the log, in a counter and in the persisted state.
+checksum copy is rewritten in place there). A damaged fragment with at most two flipped bits per
+4 KiB block is corrected in place from its block CRCs (`ShardStore.correct_rows`, `bitfix`); any
+other damaged fragment is rebuilt from the same row of k sibling shards, read from the nodes that
+hold them through `PeerRows` (the gRPC `ReadRows` call in production, `orbitvault.grpc.peers`),
+decoded by the erasure layer and written back with `ShardStore.write_row`, which accepts it only
+if it matches a stored checksum. What cannot be repaired (fewer than k healthy fragments of the row
+reachable, or a header beyond its code) is reported exactly: shard, rows, object, stripe; in the
+log, in a counter and in the persisted state.
 
 Verification is throttled by a token bucket on bytes verified (MB/s = 10^6 bytes/s), and passes are
 separated by an interval. The position and the counters live in the store itself, so a restarted
@@ -41,7 +43,8 @@ over the life of the store::
     rows_verified               rows checked
     bytes_verified              fragment bytes checked (blake3 input)
     damaged_found               damage incidents found: a header, or a row (fragment or checksum copy)
-    repaired_in_place           fixed on the node alone: header by its RS code, checksum copies
+    repaired_in_place           fixed on the node alone: header by its RS code, checksum copies,
+                                fragments with up to two flipped bits per 4 KiB block
     repaired_from_peers         fragments rebuilt from k siblings' rows and rewritten
     unrecoverable               damage incidents that could not be repaired when found
     open_damage                 damage not repaired yet, one entry per shard (at most 1000 entries):
@@ -647,9 +650,12 @@ class Scrubber:
             st.repaired_in_place += check.checksums_fixed
             log.warning("scrub repaired checksums in place shard=%s rows=%d", sid.hex(), check.checksums_fixed)
         previously = set(known.rows) if known is not None else set()
-        damaged = check.damaged
-        new = [r for r in damaged if r not in previously]
-        st.damaged_found += len(new)
+        st.damaged_found += len([r for r in check.damaged if r not in previously])
+        in_place = self.store.correct_rows(sid, check.damaged) if check.damaged else []
+        if in_place:
+            st.repaired_in_place += len(in_place)
+            log.warning("scrub corrected fragments in place shard=%s rows=%s", sid.hex(), format_rows(in_place))
+        damaged = [r for r in check.damaged if r not in set(in_place)]
         failed: list[int] = []
         reason = ""
         if damaged:
@@ -676,7 +682,7 @@ class Scrubber:
             self._drop_open_entry(sid)
         st.shards_verified += 1
         self.store.mark_verified(sid, len(failed), self._wall_ms())
-        if damaged or check.checksums_fixed or corrected:
+        if check.damaged or check.checksums_fixed or corrected:
             self._save(force=True)  # never lose a repair from the counters
 
     # --- open damage bookkeeping ----------------------------------------------------------------------

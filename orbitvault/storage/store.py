@@ -11,6 +11,7 @@ LMDB layout (named databases in `<path>/lmdb`):
     info      shard_id -> stored_bytes u64 | last_verified_unix_ms i64 | damaged_rows u32
     rows      shard_id | row u32 -> checksum[32] | fragment
     sums      shard_id -> checksum[32] * row_count   (second copy of every row checksum)
+    crcs      shard_id | row u32 -> CRC32 u32 per 4 KiB block of the fragment (`bitfix`)
     by_object object_id | shard_id -> b""
     uploads   shard_id -> id length u8 | committed rows u32 | expires i64 | upload id | header record
               (partial uploads of scheduled mode; their rows and checksums sit in `rows`/`sums`
@@ -18,8 +19,11 @@ LMDB layout (named databases in `<path>/lmdb`):
 
 Checksums are kept twice because radiation hits them too: a row is verified against the copy
 beside it; when they disagree, two of {fragment hash, copy 1, copy 2} agreeing tells which of the
-three is damaged. A damaged checksum copy is rewritten in place; a damaged fragment must be rebuilt
-from peers, and a rebuilt fragment is accepted only if it matches one of the two stored copies.
+three is damaged. A damaged checksum copy is rewritten in place. A damaged fragment with at most two
+flipped bits per 4 KiB block is corrected in place from its block CRCs (`bitfix`, `correct_rows`);
+beyond that it must be rebuilt from peers. A corrected or rebuilt fragment is accepted only if it
+matches one of the two stored checksum copies. Rows stored before block CRCs existed have none and
+go to peers, as before.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from orbitvault.errors import (
     OrbitVaultError,
     ResourceExhausted,
 )
+from orbitvault.storage import bitfix
 from orbitvault.storage.header import ID_LEN, ShardHeader
 
 _ROW_KEY = struct.Struct(">32sI")
@@ -183,6 +188,7 @@ class ShardStore:
         self._sums = self._env.open_db(b"sums")
         self._by_object = self._env.open_db(b"by_object")
         self._uploads = self._env.open_db(b"uploads")
+        self._crcs = self._env.open_db(b"crcs")
         with self._env.begin(write=True) as txn:
             node_id = txn.get(b"node_id", db=self._meta)
             if node_id is None:
@@ -241,6 +247,7 @@ class ShardStore:
                 txn.put(header.object_id + sid, b"", db=self._by_object)
                 for r, (digest, fragment) in enumerate(rows):
                     txn.put(_ROW_KEY.pack(sid, r), digest + fragment, db=self._rows)
+                    txn.put(_ROW_KEY.pack(sid, r), bitfix.block_crcs(fragment), db=self._crcs)
                 self._add_used(txn, required)
         except lmdb.MapFullError as exc:
             raise ResourceExhausted(f"the node's store map is full ({exc}); free space or raise capacity") from exc
@@ -392,6 +399,7 @@ class ShardStore:
                     if r != committed:
                         raise FailedPrecondition(f"upload of {sid.hex()} is at row {committed}, not {r}")
                     txn.put(_ROW_KEY.pack(sid, r), digest + fragment, db=self._rows)
+                    txn.put(_ROW_KEY.pack(sid, r), bitfix.block_crcs(fragment), db=self._crcs)
                     sums += digest
                     committed += 1
                 txn.put(sid, bytes(sums), db=self._sums)
@@ -442,10 +450,11 @@ class ShardStore:
         self._add_used(txn, -self.required_bytes(current.header))
 
     def _delete_rows(self, txn: lmdb.Transaction, shard_id: bytes) -> None:
-        cursor = txn.cursor(db=self._rows)
-        if cursor.set_range(_ROW_KEY.pack(shard_id, 0)):
-            while cursor.key()[:ID_LEN] == shard_id and cursor.delete():
-                pass
+        for db in (self._rows, self._crcs):
+            cursor = txn.cursor(db=db)
+            if cursor.set_range(_ROW_KEY.pack(shard_id, 0)):
+                while cursor.key()[:ID_LEN] == shard_id and cursor.delete():
+                    pass
 
     def _add_used(self, txn: lmdb.Transaction, delta: int) -> None:
         used = _U64.unpack(txn.get(b"used_bytes", db=self._meta))[0]
@@ -559,7 +568,35 @@ class ShardStore:
             if actual not in copies and not intact:
                 raise InvalidArgument(f"shard {shard_id.hex()} row {row}: rebuilt fragment matches no stored checksum")
             txn.put(_ROW_KEY.pack(shard_id, row), actual + fragment, db=self._rows)
+            txn.put(_ROW_KEY.pack(shard_id, row), bitfix.block_crcs(fragment), db=self._crcs)
             self._set_checksum(txn, shard_id, row, actual)
+
+    def correct_rows(self, shard_id: bytes, rows: Iterable[int]) -> list[int]:
+        """Undo up to two flipped bits per 4 KiB block of damaged fragments, on this node alone.
+
+        A correction is stored only if the fragment then matches one of the row's two stored
+        checksums (`write_row`); the rows returned were corrected, the others need peers.
+        """
+        found: list[tuple[int, bytes]] = []
+        with self._env.begin() as txn:
+            sums = txn.get(shard_id, db=self._sums) or b""
+            for row in rows:
+                key = _ROW_KEY.pack(shard_id, row)
+                value, crcs = txn.get(key, db=self._rows), txn.get(key, db=self._crcs)
+                if value is None or crcs is None:
+                    continue
+                copies = {value[:CHECKSUM_LEN], sums[row * CHECKSUM_LEN : (row + 1) * CHECKSUM_LEN]}
+                fixed = bitfix.correct(value[CHECKSUM_LEN:], crcs, lambda f, c=copies: blake3.blake3(f).digest() in c)
+                if fixed is not None:
+                    found.append((row, fixed))
+        done: list[int] = []
+        for row, fragment in found:
+            try:
+                self.write_row(shard_id, row, fragment)
+            except (NotFound, InvalidArgument):
+                continue  # deleted or rewritten meanwhile
+            done.append(row)
+        return done
 
     def _set_checksum(self, txn: lmdb.Transaction, shard_id: bytes, row: int, digest: bytes) -> None:
         key = _ROW_KEY.pack(shard_id, row)

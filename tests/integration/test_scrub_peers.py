@@ -23,7 +23,7 @@ from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.storage.metrics import start_metrics_server
 from orbitvault.storage.scrubber import Scrubber, load_state
 from orbitvault.storage.store import RowBatch, RowStatus
-from tests.unit.test_scrubber import Cluster, build_cluster, irradiate_and_repair
+from tests.unit.test_scrubber import Cluster, build_cluster, irradiate_and_repair, wreck
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_down_peers_are_skipped_then_reported(grid: tuple[list[Any], Cluster]) -
     sid = next(s for s, h in cluster.headers.items() if h.shard_index == 0 and h.row_count > 4)
     header = cluster.headers[sid]
     home = by_node[header.siblings[0].node_id]
-    home.store.flip_bit(sid, 4, 500)
+    wreck(home.store, sid, 4, 500)
 
     # One sibling node down: the row is rebuilt from the four others.
     down = [by_node[header.siblings[i].node_id] for i in (1, 2, 3)]
@@ -74,7 +74,7 @@ def test_down_peers_are_skipped_then_reported(grid: tuple[list[Any], Cluster]) -
     assert (result.repaired_from_peers, result.unrecoverable) == (1, 0)
 
     # Three down: two healthy siblings reachable, four needed. Reported with the exact row.
-    home.store.flip_bit(sid, 4, 501)
+    wreck(home.store, sid, 4, 501)
     for n in down[1:]:
         n.server.stop(0)
     with _peers(nodes, nodes.index(home)) as peers:
@@ -105,7 +105,7 @@ def test_a_sibling_moved_since_the_header_was_written_is_found(
     new.store.put(sh, [RowBatch(0, [r.fragment for r in reads], [r.checksum for r in reads])])
     old.store.delete(moved.shard_id)
     by_node[header.siblings[2].node_id].server.stop(0)  # so the moved shard is one of the k needed
-    home.store.flip_bit(sid, 3, 600)
+    wreck(home.store, sid, 3, 600)
     with _peers([*nodes, new], nodes.index(home)) as peers:
         result = Scrubber(home.store, peers).run_pass()
         assert (result.repaired_from_peers, result.unrecoverable) == (1, 0)
@@ -119,7 +119,7 @@ def test_metrics_expose_the_persisted_counters(grid: tuple[list[Any], Cluster]) 
     nodes, _ = grid
     n = nodes[0]
     sid = next(n.store.shard_ids())
-    n.store.flip_bit(sid, 0, 400)
+    wreck(n.store, sid, 0, 400)
     with _peers(nodes, 0) as peers:
         Scrubber(n.store, peers).run_pass()
     server, port = start_metrics_server(0, n.store, addr="127.0.0.1")
@@ -145,7 +145,7 @@ def test_node_scrub_process_beside_a_serving_node(grid: tuple[list[Any], Cluster
     nodes, cluster = grid
     n = nodes[0]
     sid = next(n.store.shard_ids())
-    n.store.flip_bit(sid, 1, 300)
+    wreck(n.store, sid, 1, 300)
     assert [r.status for r in n.store.read_rows(sid, [1])] == [RowStatus.DAMAGED]
     config = tmp_path / "scrub.toml"
     peers = ", ".join(f'"{m.address}"' for m in nodes[1:])

@@ -14,7 +14,7 @@ from orbitvault.errors import FailedPrecondition, InvalidArgument
 from orbitvault.storage.irradiate import Irradiation, irradiate, parse_duration, poisson
 from orbitvault.storage.scrubber import load_state
 from orbitvault.storage.store import CHECKSUMS, HEADER, RowStatus, ShardStore
-from tests.unit.test_scrubber import CAPACITY, Cluster, build_cluster
+from tests.unit.test_scrubber import CAPACITY, Cluster, build_cluster, wreck
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_cli_scrub_once(node: Cluster, tmp_path: Path) -> None:
     stripe = node.headers[sid].stripe_index
     victims = sorted(s for s, h in node.headers.items() if h.stripe_index == stripe)[:3]
     for victim in victims:
-        store.flip_bit(victim, 2, 600)
+        wreck(store, victim, 2, 600)
     assert load_state(store).passes_completed == 1
     store.close()
     out = CliRunner().invoke(cli, ["node", "scrub", "--config", str(config), "--once"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from orbitvault.erasure.layout import Geometry
-from orbitvault.erasure.stripe import coder_for
+from orbitvault.erasure.stripe import CHECKSUM_LEN, coder_for
 from orbitvault.errors import FailedPrecondition, NotFound, Unavailable
 from orbitvault.storage.header import ShardHeader, Sibling
 from orbitvault.storage.irradiate import irradiate
@@ -35,6 +35,14 @@ from orbitvault.storage.store import HEADER, RowBatch, RowRead, RowStatus, Shard
 
 GEOMETRY = Geometry(4, 2, fragment_size=64, stripe_size=4 * 64 * 32)  # 32 rows per full stripe
 CAPACITY = 64 << 20
+
+
+def wreck(store: ShardStore, sid: bytes, row: int, bit: int = 256 + 77) -> None:
+    """Damage a row's fragment beyond what the node corrects alone (three flipped bits in one
+    4 KiB block), so only its siblings on other nodes can rebuild it. `bit` counts from the start
+    of the stored value (a 32-byte checksum, then the fragment)."""
+    for b in (bit, bit + 2, bit + 5):
+        store.flip_bit(sid, row, b)
 
 
 @dataclass
@@ -146,8 +154,9 @@ def irradiate_and_repair(cluster: Cluster, peers_for: Callable[[int], PeerRows])
     flips = [f for h in hits for f in h.flips]
     assert len(flips) == 48 and len({(f.shard_id, f.target, f.row, f.bit) for f in flips}) == 48
 
-    # What the flips should cost, unit by unit: a header; a row whose fragment was hit (rebuilt from
-    # peers); a row where only a checksum copy was hit (fixed in place).
+    # What the flips should cost, unit by unit: a header, or a row where only a checksum copy was
+    # hit (fixed in place); a row whose fragment was hit (corrected in place when at most two bits of
+    # a 4 KiB block flipped and a checksum copy survived to confirm it; else rebuilt from peers).
     units: dict[tuple[bytes, int | None], set[str]] = {}
     for f in flips:
         units.setdefault((f.shard_id, f.row), set()).add(f.target if f.target != "row" else f.region)
@@ -166,12 +175,14 @@ def irradiate_and_repair(cluster: Cluster, peers_for: Callable[[int], PeerRows])
         assert not {("row", "checksum"), ("checksums", "checksum")} <= kinds
     assert headers and fragment_rows and checksum_only  # the seeds exercise all three kinds
 
+    corrected = {u for u in fragment_rows if _correctable([f for f in flips if (f.shard_id, f.row) == u])}
+
     results = [Scrubber(store, peers_for(i)).run_pass() for i, store in enumerate(cluster.stores)]
     assert all(r.completed for r in results)
     states = [load_state(s) for s in cluster.stores]
     assert sum(st.damaged_found for st in states) == len(units)
-    assert sum(st.repaired_in_place for st in states) == len(headers) + len(checksum_only)
-    assert sum(st.repaired_from_peers for st in states) == len(fragment_rows)
+    assert sum(st.repaired_in_place for st in states) == len(headers) + len(checksum_only) + len(corrected)
+    assert sum(st.repaired_from_peers for st in states) == len(fragment_rows - corrected)
     assert sum(st.unrecoverable for st in states) == 0
     assert all(st.open_damage == [] for st in states)
     assert sum(st.shards_verified for st in states) == len(cluster.headers)
@@ -185,10 +196,34 @@ def irradiate_and_repair(cluster: Cluster, peers_for: Callable[[int], PeerRows])
     assert all(load_state(s).passes_completed == 2 for s in cluster.stores)
 
 
+def _correctable(flips: list) -> bool:
+    """Whether the node alone can undo these flips of one row: at most two per 4 KiB block of the
+    fragment, and a checksum copy left intact to confirm the result."""
+    per_block: dict[int, int] = {}
+    for f in flips:
+        if f.target == "row" and f.region == "fragment":
+            block = (f.bit - 8 * CHECKSUM_LEN) // (8 * 4096)
+            per_block[block] = per_block.get(block, 0) + 1
+    copies_hit = {(f.target, f.region) for f in flips} >= {("row", "checksum"), ("checksums", "checksum")}
+    return max(per_block.values(), default=0) <= 2 and not copies_hit
+
+
 def test_irradiated_cluster_is_repaired_exactly(cluster: Cluster) -> None:
     peers = cluster.peers()
     irradiate_and_repair(cluster, lambda i: peers)
-    assert peers.calls  # rows really came from the other nodes
+
+
+def test_wrecked_fragments_come_from_peers_flipped_bits_are_corrected_alone(cluster: Cluster) -> None:
+    shards = _stripe_shards(cluster, 0)
+    for i, sid in enumerate(shards[:2]):
+        cluster.stores[cluster.home[sid]].flip_bit(sid, 1, 8 * CHECKSUM_LEN + 9 + i)  # one bit each
+    wreck(cluster.stores[cluster.home[shards[2]]], shards[2], 1)
+    peers = cluster.peers()
+    results = [Scrubber(store, peers).run_pass() for store in cluster.stores]
+    assert sum(r.repaired_in_place for r in results) == 2
+    assert sum(r.repaired_from_peers for r in results) == 1
+    assert peers.calls  # the wrecked row really came from the other nodes
+    cluster.assert_pristine()
 
 
 def test_damaged_header_is_corrected_in_place_without_peers(cluster: Cluster) -> None:
@@ -217,7 +252,7 @@ def test_more_than_m_damaged_siblings_reported_exactly(cluster: Cluster) -> None
     row = 5
     victims = shards[: GEOMETRY.m + 1]  # m + 1 fragments of one row: k healthy ones no longer exist
     for sid in victims:
-        cluster.stores[cluster.home[sid]].flip_bit(sid, row, 256 + 77)  # a fragment bit
+        wreck(cluster.stores[cluster.home[sid]], sid, row)
     results = scrub_all(cluster)
     damage = [d for r in results for d in r.unrecoverable_damage]
     assert sorted((d.shard_id, tuple(d.rows)) for d in damage) == sorted((sid, (row,)) for sid in victims)
@@ -245,7 +280,7 @@ def test_unreachable_peers_then_repaired_when_they_return(cluster: Cluster) -> N
     shards = _stripe_shards(cluster, 2)
     target = shards[0]
     store = cluster.stores[cluster.home[target]]
-    store.flip_bit(target, 3, 300)
+    wreck(store, target, 3, 300)
     # Three of the five siblings down: only two healthy fragments of the four needed are reachable.
     cluster.down = {cluster.headers[target].siblings[i].node_id for i in (1, 2, 3)}
     result = Scrubber(store, cluster.peers()).run_pass()
@@ -266,7 +301,7 @@ def test_unreachable_peers_then_repaired_when_they_return(cluster: Cluster) -> N
 def test_one_unreachable_sibling_is_skipped(cluster: Cluster) -> None:
     target = _stripe_shards(cluster, 0)[2]
     store = cluster.stores[cluster.home[target]]
-    store.flip_bit(target, 0, 1000)
+    wreck(store, target, 0, 1000)
     cluster.down = {cluster.headers[target].siblings[0].node_id}
     result = Scrubber(store, cluster.peers()).run_pass()
     assert (result.repaired_from_peers, result.unrecoverable) == (1, 0)
@@ -293,7 +328,7 @@ def test_header_beyond_repair_is_reported(cluster: Cluster) -> None:
 def test_no_peers_configured(cluster: Cluster) -> None:
     target = _stripe_shards(cluster, 0)[0]
     store = cluster.stores[cluster.home[target]]
-    store.flip_bit(target, 1, 400)
+    wreck(store, target, 1, 400)
     [d] = Scrubber(store, None).run_pass().unrecoverable_damage
     assert "no peers configured" in d.reason
 
@@ -339,7 +374,7 @@ def test_state_json_round_trip_and_tolerance(cluster: Cluster) -> None:
     others = [sid for sid in _stripe_shards(cluster, cluster.headers[target].stripe_index) if sid != target]
     for row in (1, 2, 3):
         for sid in [target, *others[:2]]:  # three damaged fragments of each row: beyond repair
-            cluster.stores[cluster.home[sid]].flip_bit(sid, row, 999)
+            wreck(cluster.stores[cluster.home[sid]], sid, row, 999)
     Scrubber(store, cluster.peers()).run_pass()
     raw = store.get_meta(STATE_KEY)
     assert raw is not None
@@ -355,7 +390,7 @@ def test_state_json_round_trip_and_tolerance(cluster: Cluster) -> None:
 def test_deleted_shard_damage_is_forgotten(cluster: Cluster) -> None:
     target = _stripe_shards(cluster, 0)[0]
     store = cluster.stores[cluster.home[target]]
-    store.flip_bit(target, 1, 400)
+    wreck(store, target, 1, 400)
     Scrubber(store, None).run_pass()
     assert len(load_state(store).open_damage) == 1
     store.delete(target)

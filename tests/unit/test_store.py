@@ -411,3 +411,39 @@ def test_a_whole_put_supersedes_a_partial_upload(store: ShardStore) -> None:
     assert store.upload_state(header.shard_id) is None
     assert store.used_bytes() == store.required_bytes(header)
     assert [r.fragment for r in store.read_rows(header.shard_id, range(header.row_count))] == frags
+
+
+def test_flipped_fragment_bits_are_corrected_on_the_node_alone(store: ShardStore) -> None:
+    """Upsets are mostly single bits: the node undoes up to two per 4 KiB block without peers."""
+    from orbitvault.storage.scrubber import Scrubber
+
+    header, frags, sums = make_shard(data_len=100_000)  # 4 KiB + 80-byte fragments: two blocks each
+    store.put(header, batches(frags, sums))
+    base = 8 * 32  # bits of the stored value before the fragment (its checksum)
+    store.flip_bit(header.shard_id, 0, base + 3)  # one bit
+    store.flip_bit(header.shard_id, 1, base + 100)  # an adjacent pair, a multi-bit upset
+    store.flip_bit(header.shard_id, 1, base + 101)
+    store.flip_bit(header.shard_id, 2, base + 8 * 100)  # one bit in each of two blocks
+    store.flip_bit(header.shard_id, 2, base + 8 * 4100)
+    for b in (base + 40, base + 42, base + 47):  # three in one block: beyond the node
+        store.flip_bit(header.shard_id, 3, b)
+    store.flip_bit(header.shard_id, 4, base + 8)  # the fragment and the checksum beside it
+    store.flip_bit(header.shard_id, 4, 8)
+    assert store.verify_rows(header.shard_id).damaged == [0, 1, 2, 3, 4]
+    result = Scrubber(store, None).run_pass()  # no peers at all
+    assert (result.damaged_found, result.repaired_in_place, result.repaired_from_peers) == (5, 4, 0)
+    assert [(d.shard_id, d.rows) for d in result.unrecoverable_damage] == [(header.shard_id, [3])]
+    reads = {r.row: r for r in store.read_rows(header.shard_id, range(5))}
+    assert [reads[r].fragment == frags[r] for r in range(5)] == [True, True, True, False, True]
+
+
+def test_rows_of_resumed_uploads_are_correctable_too(store: ShardStore) -> None:
+    header, frags, sums = make_shard()
+    store.put_rows(header, UPLOAD, batches(frags, sums), now_unix_ms=NOW)
+    store.flip_bit(header.shard_id, 1, 8 * 32 + 77)
+    assert store.correct_rows(header.shard_id, [1]) == [1]
+    assert store.verify_rows(header.shard_id).damaged == []
+    store.delete(header.shard_id)
+    store.put(header, batches(frags, sums))  # stored again under the same id: fresh CRCs, no leftovers
+    store.flip_bit(header.shard_id, 2, 8 * 32 + 5)
+    assert store.correct_rows(header.shard_id, [2]) == [2]
