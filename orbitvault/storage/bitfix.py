@@ -31,9 +31,21 @@ _MAX_TRIES = 64  # combinations of per-block candidates verified against the row
 
 
 def block_crcs(fragment: bytes | memoryview) -> bytes:
-    """CRC32 of each 4 KiB block of a fragment (the last one may be short), 4 bytes each."""
+    """The stored record: CRC32 of each 4 KiB block of a fragment (the last one may be short),
+    4 bytes each, then a CRC32 of those, so radiation hitting the record itself is noticed
+    (`intact`) and the scrubber rewrites it from the verified fragment."""
     mv = memoryview(fragment)
-    return b"".join(_CRC.pack(zlib.crc32(mv[i : i + BLOCK])) for i in range(0, len(mv), BLOCK))
+    crcs = b"".join(_CRC.pack(zlib.crc32(mv[i : i + BLOCK])) for i in range(0, len(mv), BLOCK))
+    return crcs + _CRC.pack(zlib.crc32(crcs))
+
+
+def intact(record: bytes | memoryview) -> bool:
+    """Whether a `block_crcs` record is undamaged."""
+    return (
+        len(record) >= 8
+        and len(record) % 4 == 0
+        and zlib.crc32(record[:-4]) == _CRC.unpack_from(record, len(record) - 4)[0]
+    )
 
 
 @lru_cache(maxsize=4)
@@ -65,13 +77,14 @@ def _candidates(block: memoryview, stored: int) -> list[tuple[int, ...]] | None:
     return pairs or None
 
 
-def correct(fragment: bytes | memoryview, crcs: bytes, accept: Callable[[bytes], bool]) -> bytes | None:
+def correct(fragment: bytes | memoryview, record: bytes, accept: Callable[[bytes], bool]) -> bytes | None:
     """The fragment with up to two flipped bits per block undone, if `accept` takes the result
     (the caller checks it against the row's blake3); None when it cannot be corrected here."""
     n = len(fragment)
     blocks = (n + BLOCK - 1) // BLOCK
-    if blocks == 0 or len(crcs) != 4 * blocks:
+    if blocks == 0 or len(record) != 4 * blocks + 4 or not intact(record):
         return None
+    crcs = record[:-4]
     mv = memoryview(fragment)
     fixes: list[tuple[int, list[tuple[int, ...]]]] = []  # (block start, candidate flips)
     for i in range(blocks):

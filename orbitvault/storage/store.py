@@ -11,7 +11,8 @@ LMDB layout (named databases in `<path>/lmdb`):
     info      shard_id -> stored_bytes u64 | last_verified_unix_ms i64 | damaged_rows u32
     rows      shard_id | row u32 -> checksum[32] | fragment
     sums      shard_id -> checksum[32] * row_count   (second copy of every row checksum)
-    crcs      shard_id | row u32 -> CRC32 u32 per 4 KiB block of the fragment (`bitfix`)
+    crcs      shard_id | row u32 -> CRC32 u32 per 4 KiB block of the fragment, then a CRC32 of those
+              (`bitfix`; a damaged record is rewritten from the verified fragment by `verify_rows`)
     by_object object_id | shard_id -> b""
     uploads   shard_id -> id length u8 | committed rows u32 | expires i64 | upload id | header record
               (partial uploads of scheduled mode; their rows and checksums sit in `rows`/`sums`
@@ -139,7 +140,7 @@ class RowCheck:
     """Result of verifying a shard's rows in place (the scrubber's unit of work)."""
 
     damaged: list[int]  # rows whose fragment is damaged: they need a rebuild from peers
-    checksums_fixed: int  # checksum copies that were damaged and rewritten in place
+    checksums_fixed: int  # checksum copies and block CRC records that were damaged and rewritten in place
     bytes_verified: int
 
 
@@ -517,10 +518,12 @@ class ShardStore:
         header = self.header(shard_id)
         damaged: list[int] = []
         fixes: list[tuple[int, bytes]] = []  # (row, true checksum) where a copy is wrong
+        crc_fixes: list[tuple[int, bytes]] = []  # (row, new block CRC record) where the record was hit
         total = 0
         seen: set[int] = set()
         with self._env.begin(buffers=True) as txn:
             sums = txn.get(shard_id, db=self._sums)
+            crcs = txn.cursor(db=self._crcs)
             cursor = txn.cursor(db=self._rows)
             found = cursor.set_range(_ROW_KEY.pack(shard_id, 0))
             while found:
@@ -539,13 +542,17 @@ class ShardStore:
                     fixes.append((row, actual))
                 else:
                     damaged.append(row)
+                if actual in (digest, copy) and crcs.set_key(key) and not bitfix.intact(crcs.value()):
+                    crc_fixes.append((row, bitfix.block_crcs(value[CHECKSUM_LEN:])))
                 found = cursor.next()
         damaged.extend(r for r in range(header.row_count) if r not in seen)  # never after a committed put
-        if fixes:
+        if fixes or crc_fixes:
             with self._env.begin(write=True) as txn:
                 for row, digest in fixes:
                     self._set_checksum(txn, shard_id, row, digest)
-        return RowCheck(sorted(damaged), len(fixes), total)
+                for row, record in crc_fixes:
+                    txn.put(_ROW_KEY.pack(shard_id, row), record, db=self._crcs)
+        return RowCheck(sorted(damaged), len(fixes) + len(crc_fixes), total)
 
     # --- repair -----------------------------------------------------------------------------------
 

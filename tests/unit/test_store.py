@@ -447,3 +447,31 @@ def test_rows_of_resumed_uploads_are_correctable_too(store: ShardStore) -> None:
     store.put(header, batches(frags, sums))  # stored again under the same id: fresh CRCs, no leftovers
     store.flip_bit(header.shard_id, 2, 8 * 32 + 5)
     assert store.correct_rows(header.shard_id, [2]) == [2]
+
+
+def test_a_damaged_crc_record_is_rewritten_and_never_misleads(store: ShardStore) -> None:
+    """Radiation hits the CRC records too: the scrub rewrites a damaged one from the verified
+    fragment, and a damaged record next to a damaged fragment leaves the row to the peers."""
+    header, frags, sums = make_shard()
+    store.put(header, batches(frags, sums))
+    key = header.shard_id + (1).to_bytes(4, "big")
+    crcs = store._env.open_db(b"crcs")
+
+    def hit_record() -> None:
+        with store._env.begin(write=True) as txn:
+            record = bytearray(txn.get(key, db=crcs))
+            record[2] ^= 0x10
+            txn.put(key, bytes(record), db=crcs)
+
+    hit_record()
+    check = store.verify_rows(header.shard_id)
+    assert (check.damaged, check.checksums_fixed) == ([], 1)  # rewritten from the intact fragment
+    store.flip_bit(header.shard_id, 1, 8 * 32 + 50)
+    assert store.correct_rows(header.shard_id, [1]) == [1]  # the rewritten record works
+
+    hit_record()
+    store.flip_bit(header.shard_id, 1, 8 * 32 + 50)
+    assert store.correct_rows(header.shard_id, [1]) == []  # no guessing from a damaged record
+    store.write_row(header.shard_id, 1, frags[1])  # the peers' rebuild, which refreshes the record
+    store.flip_bit(header.shard_id, 1, 8 * 32 + 51)
+    assert store.correct_rows(header.shard_id, [1]) == [1]
