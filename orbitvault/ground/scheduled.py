@@ -533,8 +533,9 @@ class ScheduledMode:
             dirty, self._dirty = self._dirty, False
         for oid in inbox:
             so = self.catalog.spool_object(oid)
-            if so is not None and oid not in self._objects:
-                self._adopt(so)
+            if so is not None and oid not in self._objects and self._adopt(so):
+                # Every store plan logged after this line includes the object (telemetry.plan_after).
+                log.info("object adopted object=%s", oid.hex()[:16])
         now = self.clock.now()
         for oid, exp in list(self._expiry.items()):
             if exp <= now and oid not in self._jobs:

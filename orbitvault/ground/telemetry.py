@@ -153,9 +153,14 @@ class GatewayLog:
         return list(self.named("object stored"))
 
     def plan_after(self, event: LogEvent) -> float | None:
-        """The backlog's DURABLE time predicted by the first store plan made after `event`."""
+        """The backlog's DURABLE time predicted by the first store plan that includes the object of
+        `event` (an `object stored` line): the first after the executor adopted it. The put's own
+        log line races the executor, so a plan logged after it may have been made without it."""
+        version = event.fields.get("version", "")
+        adopted = next((e for e in self.named("object adopted") if version and e.fields.get("object") == version), None)
+        after = adopted.seq if adopted is not None else event.seq
         for e in self.events:
-            if e.seq > event.seq and e.msg == "store plan":
+            if e.seq > after and e.msg == "store plan":
                 at = e.num("durable_at", 0.0)
                 return at or None
         return None

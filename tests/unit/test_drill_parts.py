@@ -272,3 +272,18 @@ def test_restore_display_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
         show(StageEvent("ready", st, 0, 12))
     assert "restoring 1 of 2 object(s) (trees) from orbit: ready by" in buf.getvalue()
     assert "simulated clock" in buf.getvalue() and "readable after" in buf.getvalue()
+
+
+def test_the_plan_for_an_object_is_the_first_made_after_the_executor_adopted_it() -> None:
+    """The put's `object stored` line races the executor: a plan logged after it may have been
+    made without the object. The first plan after `object adopted` is the one that includes it."""
+    plan = "store plan items=%d transfers=%d durable_at=%s lost=%s planning_ms=%.1f"
+    lines = [
+        _format(plan, 1, 1, 1000.0, "-", 1.0),
+        _format("object stored tenant=%s bucket=%s key=%r version=%s bytes=%d ms=%.0f", "t", "b", "k", "cd" * 8, 9, 1),
+        _format(plan, 2, 2, 2000.0, "-", 1.0),  # planned before the object reached the executor
+        _format("object adopted object=%s", "cd" * 8),
+        _format(plan, 3, 3, 3090.0, "-", 1.0),
+    ]
+    log = GatewayLog(e for i, line in enumerate(lines) if (e := parse_line(line, i)) is not None)
+    assert log.plan_after(next(log.named("object stored"))) == 3090.0
