@@ -259,13 +259,20 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             )
 
     def _read_repaired(self, header: ShardHeader, rows: range) -> Iterator[RowRead]:
-        """Rows in order; with a repairer, a damaged row is rebuilt from peers and re-read first."""
+        """Rows in order; a damaged row is corrected in place (a few flipped bits) or, with a
+        repairer, rebuilt from peers, and re-read first."""
         sid = header.shard_id
         for r in self.store.read_rows(sid, rows):
-            if r.status is RowStatus.OK or self.repair is None:
+            if r.status is RowStatus.OK:
                 yield r
                 continue
-            yield self._repair_row(header, r)
+            if r.status is RowStatus.DAMAGED and self.store.correct_rows(sid, [r.row]):
+                log.info("row corrected in place on read shard=%s row=%d", sid.hex(), r.row)
+                r = next(iter(self.store.read_rows(sid, [r.row])))
+                if r.status is RowStatus.OK:
+                    yield r
+                    continue
+            yield r if self.repair is None else self._repair_row(header, r)
 
     def _repair_row(self, header: ShardHeader, bad: RowRead) -> RowRead:
         sid = header.shard_id

@@ -9,6 +9,7 @@ import pytest
 from orbitvault.errors import NotFound, Unavailable
 from orbitvault.grpc.node_link import GrpcNodeLink, _pack_rows
 from orbitvault.storage.store import RowBatch
+from tests.unit.test_scrubber import wreck
 
 
 def _batches(shard: Any, per: int = 5) -> list[RowBatch]:
@@ -44,7 +45,7 @@ def test_damaged_rows_come_back_as_none_not_an_error(start_node: Any, make_shard
     node = start_node(simulation=True)
     shard = make_shard()
     node.put(shard)
-    node.store.flip_bit(shard.shard_id, 3, 8 * 32 + 100)  # row 3's fragment; no peers to repair from
+    wreck(node.store, shard.shard_id, 3, 8 * 32 + 100)  # row 3's fragment; no peers to repair from
     with GrpcNodeLink(node.address) as link:
         got = link.get_rows(shard.shard_id, 1, 5)
     assert got.fragments[2] is None and got.checksums[2] == shard.checksums[3]

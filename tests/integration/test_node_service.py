@@ -21,6 +21,7 @@ from orbitvault.grpc.v1 import common_pb2
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.storage.scrubber import STATE_KEY, ScrubState
 from tests.integration.conftest import SMALL_GEOMETRY, NodeClient, TestShard
+from tests.unit.test_scrubber import wreck
 
 
 def rpc_code(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -236,7 +237,8 @@ def test_damaged_rows_are_never_sent_as_data(start_node: Any, make_shard: Any) -
     node = start_node(simulation=True)
     shard = make_shard()
     node.put(shard)
-    node.store.flip_bit(shard.shard_id, 3, 8 * 32 + 100)  # a bit of row 3's fragment, after its checksum
+    wreck(node.store, shard.shard_id, 3, 8 * 32 + 100)  # row 3's fragment, beyond the node's correction
+    node.store.flip_bit(shard.shard_id, 1, 8 * 32 + 7)  # one flipped bit in row 1: corrected on read
     # No peers to repair from: every healthy row arrives, row 3 as an empty marker, then DATA_LOSS names it.
     frags, sums, error = read_until_status(node, shard.shard_id)
     assert error is not None and error.code() is grpc.StatusCode.DATA_LOSS
@@ -261,7 +263,7 @@ def test_damaged_rows_are_repaired_before_get_when_a_repairer_is_set(start_node:
 
     node = holder["node"] = start_node(simulation=True, repair=repair)
     node.put(shard)
-    node.store.flip_bit(shard.shard_id, 5, 8 * 40)
+    wreck(node.store, shard.shard_id, 5, 8 * 40)
     _, frags, _ = node.get_rows(shard.shard_id)
     assert frags == shard.fragments
     assert calls == [(shard.shard_id, [5])]
@@ -276,7 +278,7 @@ def test_failing_repairer_falls_back_to_an_empty_fragment(start_node: Any, make_
     node = start_node(simulation=True, repair=repair)
     shard = make_shard()
     node.put(shard)
-    node.store.flip_bit(shard.shard_id, 0, 8 * 40)
+    wreck(node.store, shard.shard_id, 0, 8 * 40)
     frags, sums, error = read_until_status(node, shard.shard_id)
     assert error is not None and error.code() is grpc.StatusCode.DATA_LOSS
     assert frags[0] == b"" and sums[0] == shard.checksums[0] and frags[1:] == shard.fragments[1:]
