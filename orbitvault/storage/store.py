@@ -23,8 +23,8 @@ beside it; when they disagree, two of {fragment hash, copy 1, copy 2} agreeing t
 three is damaged. A damaged checksum copy is rewritten in place. A damaged fragment with at most two
 flipped bits per 4 KiB block is corrected in place from its block CRCs (`bitfix`, `correct_rows`);
 beyond that it must be rebuilt from peers. A corrected or rebuilt fragment is accepted only if it
-matches one of the two stored checksum copies. Rows stored before block CRCs existed have none and
-go to peers, as before.
+matches one of the two stored checksum copies. Rows stored before block CRCs existed get theirs from
+the next scrub (`verify_rows`), and go to peers until then.
 """
 
 from __future__ import annotations
@@ -179,7 +179,9 @@ class ShardStore:
         data_file = db_path / "data.mdb"
         map_size = max(capacity * 2 + (256 << 20), data_file.stat().st_size if data_file.exists() else 0)
         try:
-            self._env = lmdb.open(str(db_path), map_size=map_size, max_dbs=8, sync=sync, metasync=sync, readahead=False)
+            self._env = lmdb.open(
+                str(db_path), map_size=map_size, max_dbs=16, sync=sync, metasync=sync, readahead=False
+            )
         except lmdb.Error as exc:
             raise FailedPrecondition(f"cannot open the shard store at {self.path}: {exc}") from exc
         self._meta = self._env.open_db(b"meta")
@@ -519,6 +521,7 @@ class ShardStore:
         damaged: list[int] = []
         fixes: list[tuple[int, bytes]] = []  # (row, true checksum) where a copy is wrong
         crc_fixes: list[tuple[int, bytes]] = []  # (row, new block CRC record) where the record was hit
+        crc_added = 0  # rows stored before block CRCs existed get theirs (not damage)
         total = 0
         seen: set[int] = set()
         with self._env.begin(buffers=True) as txn:
@@ -542,8 +545,11 @@ class ShardStore:
                     fixes.append((row, actual))
                 else:
                     damaged.append(row)
-                if actual in (digest, copy) and crcs.set_key(key) and not bitfix.intact(crcs.value()):
-                    crc_fixes.append((row, bitfix.block_crcs(value[CHECKSUM_LEN:])))
+                if actual in (digest, copy):
+                    has = crcs.set_key(key)
+                    if not has or not bitfix.intact(crcs.value()):
+                        crc_fixes.append((row, bitfix.block_crcs(value[CHECKSUM_LEN:])))
+                        crc_added += not has
                 found = cursor.next()
         damaged.extend(r for r in range(header.row_count) if r not in seen)  # never after a committed put
         if fixes or crc_fixes:
@@ -552,7 +558,7 @@ class ShardStore:
                     self._set_checksum(txn, shard_id, row, digest)
                 for row, record in crc_fixes:
                     txn.put(_ROW_KEY.pack(shard_id, row), record, db=self._crcs)
-        return RowCheck(sorted(damaged), len(fixes) + len(crc_fixes), total)
+        return RowCheck(sorted(damaged), len(fixes) + len(crc_fixes) - crc_added, total)
 
     # --- repair -----------------------------------------------------------------------------------
 
@@ -782,7 +788,7 @@ def _read_capacity(db_path: Path) -> int | None:
     """The capacity recorded by the last process that opened the store with one (None if never)."""
     if not (db_path / "data.mdb").exists():
         return None
-    env = lmdb.open(str(db_path), readonly=True, max_dbs=8, lock=True)
+    env = lmdb.open(str(db_path), readonly=True, max_dbs=16, lock=True)
     try:
         meta = env.open_db(b"meta", create=False)
         with env.begin() as txn:

@@ -475,3 +475,19 @@ def test_a_damaged_crc_record_is_rewritten_and_never_misleads(store: ShardStore)
     store.write_row(header.shard_id, 1, frags[1])  # the peers' rebuild, which refreshes the record
     store.flip_bit(header.shard_id, 1, 8 * 32 + 51)
     assert store.correct_rows(header.shard_id, [1]) == [1]
+
+
+def test_rows_stored_before_block_crcs_get_them_from_the_scrub(store: ShardStore) -> None:
+    header, frags, sums = make_shard()
+    store.put(header, batches(frags, sums))
+    crcs = store._env.open_db(b"crcs")
+    with store._env.begin(write=True) as txn:  # as a store written by an older version has it
+        for r in range(header.row_count):
+            txn.delete(header.shard_id + r.to_bytes(4, "big"), db=crcs)
+    store.flip_bit(header.shard_id, 0, 8 * 32 + 9)
+    assert store.correct_rows(header.shard_id, [0]) == []  # nothing to correct from yet
+    store.write_row(header.shard_id, 0, frags[0])
+    check = store.verify_rows(header.shard_id)
+    assert (check.damaged, check.checksums_fixed) == ([], 0)  # added, not counted as damage
+    store.flip_bit(header.shard_id, 2, 8 * 32 + 9)
+    assert store.correct_rows(header.shard_id, [2]) == [2]
