@@ -557,7 +557,9 @@ class ShardStore:
                 for row, digest in fixes:
                     self._set_checksum(txn, shard_id, row, digest)
                 for row, record in crc_fixes:
-                    txn.put(_ROW_KEY.pack(shard_id, row), record, db=self._crcs)
+                    key = _ROW_KEY.pack(shard_id, row)
+                    if txn.get(key, db=self._rows) is not None:  # not deleted meanwhile
+                        txn.put(key, record, db=self._crcs)
         return RowCheck(sorted(damaged), len(fixes) + len(crc_fixes) - crc_added, total)
 
     # --- repair -----------------------------------------------------------------------------------
