@@ -17,12 +17,12 @@ runs once), because the disk of a shared machine is noisy; `sync` runs before ev
 page cache is warmed before the first backups, so both tools read from memory alike. Reported
 per step: seconds, MB/s of the data set (MB = 10^6 bytes), peak RSS of the tool's process
 (wait4), and the repository size. `--tools ...,orbit` adds orbitvault into a local constellation
-(8 node processes and a gateway on loopback, direct mode, mutual TLS; a fresh bucket per round),
-and `restic-orbit` adds restic into a constellation of the same shape through orbitvault's restic
-REST endpoint (`python -m orbitvault.rest --local-nodes 8`: 8 node processes, 4+2, the gateway
-and the endpoint in one process, plain HTTP on loopback), both started and stopped by this
-script. Ratios compare like with like: orbitvault/restic into local directories, orbit/restic-orbit
-into constellations.
+(8 node processes and a gateway on loopback, direct mode, plaintext; a fresh bucket per round),
+`orbit-tls` the same with mutual TLS on every hop, and `restic-orbit` restic into a constellation
+of the same shape through orbitvault's restic REST endpoint (`python -m orbitvault.rest
+--local-nodes 8`: 8 node processes, 4+2, the gateway and the endpoint in one process, plain HTTP
+and gRPC on loopback), all started and stopped by this script. Ratios compare like with like:
+orbitvault/restic into local directories, orbit/restic-orbit into plaintext constellations.
 
 Mind the file system: right after a mass delete, ext4 (this machine's root file system) skips
 recently freed inodes when allocating new ones (`recently_deleted()` in the kernel; up to five
@@ -254,34 +254,39 @@ class OrbitVault(Tool):
 
 
 class OrbitConstellation(OrbitVault):
-    """orbitvault into `orbit://` on a local constellation (the client's second backend)."""
+    """orbitvault into `orbit://` on a local constellation (the client's second backend), in
+    plaintext like `restic-orbit`'s endpoint; `orbit-tls` is the same with mutual TLS on every hop."""
 
     name = "orbit"
+    tls = False
 
     def __init__(self, work: Path) -> None:
         super().__init__(work)
         from orbitvault.cli.constellation import Constellation
         from orbitvault.ground.constellation import default_client_settings, sample_dir
 
-        config = work / "constellation.toml"
+        config = work / f"{self.name}.toml"
+        security = "" if self.tls else "insecure = true\npki = false\n"
         config.write_text(
             f'orbit = "{sample_dir() / "sample.toml"}"\n[nodes]\ncapacity = "8GiB"\n'
-            '[scrub]\nenabled = false\n[gateway]\nmode = "direct"\n',
+            f'[scrub]\nenabled = false\n[gateway]\nmode = "direct"\n{security}',
             encoding="utf-8",
         )
-        state = work / "constellation"
+        state = work / self.name
         self.constellation = Constellation.up(config=config, state_dir=state, progress=lambda *_: None)
         settings = default_client_settings(state)
         assert settings is not None
         self.gateway = settings.gateway
         self.round = 0
-        self.env |= {
-            "ORBITVAULT_API_KEY": settings.api_key,
-            "ORBITVAULT_TLS_CA": str(settings.tls_ca),
-            "ORBITVAULT_TLS_CERT": str(settings.tls_cert),
-            "ORBITVAULT_TLS_KEY": str(settings.tls_key),
-            "ORBITVAULT_CACHE_DIR": str(work / "orbit-cache"),
-        }
+        self.env |= {"ORBITVAULT_API_KEY": settings.api_key, "ORBITVAULT_CACHE_DIR": str(work / f"{self.name}-cache")}
+        if self.tls:
+            self.env |= {
+                "ORBITVAULT_TLS_CA": str(settings.tls_ca),
+                "ORBITVAULT_TLS_CERT": str(settings.tls_cert),
+                "ORBITVAULT_TLS_KEY": str(settings.tls_key),
+            }
+        else:
+            self.env["ORBITVAULT_INSECURE"] = "1"
 
     def init(self) -> list[str]:
         self.round += 1  # a repository cannot be re-initialised in place: a fresh bucket per round
@@ -290,6 +295,11 @@ class OrbitConstellation(OrbitVault):
 
     def close(self) -> None:
         self.constellation.down()
+
+
+class OrbitConstellationTls(OrbitConstellation):
+    name = "orbit-tls"
+    tls = True
 
 
 class ResticConstellation(Restic):
@@ -355,6 +365,7 @@ def main() -> None:
             "restic": Restic,
             "orbitvault": OrbitVault,
             "orbit": OrbitConstellation,
+            "orbit-tls": OrbitConstellationTls,
             "restic-orbit": ResticConstellation,
         }
         insts = {name: ts[name](work) for name in tools}
