@@ -1,10 +1,10 @@
-"""Fault injection: flip random bits in a node's stored rows, checksum copies and headers.
+"""Fault injection: flip random bits in a node's stored rows, checksum copies, CRCs and headers.
 
 This is how tests, the demo and operators check that the scrubber finds and repairs radiation
 damage. Every stored value a particle can hit is exposed, in proportion to its size: each shard's
-protected header record, its second copy of the row checksums, and every row (checksum beside the
-row + fragment). The result lists exactly what was flipped, so a test can check the scrubber
-against it.
+protected header record, its second copy of the row checksums, every row (checksum beside the
+row + fragment) and every row's block CRC record (`bitfix`). The result lists exactly what was
+flipped, so a test can check the scrubber against it.
 
 Two modes:
 
@@ -25,7 +25,7 @@ bits are distinct, so no flip undoes another.
 
 Bit numbering is the store's: bit b of a value is bit (b % 8) of byte (b // 8). In a row value the
 first 256 bits are the checksum beside the fragment; bit b of the checksums record belongs to row
-b // 256.
+b // 256; bits of a CRC record (target "crcs") count within that record.
 
 Only simulation stores (created with `simulation=True`) are irradiated unless `force=True`.
 """
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orbitvault.errors import FailedPrecondition, InvalidArgument, NotFound
-from orbitvault.storage.store import CHECKSUMS, HEADER, ShardStore
+from orbitvault.storage.store import CHECKSUMS, HEADER, CrcRecord, ShardStore
 
 CHECKSUM_BITS = 256
 SECONDS_PER_DAY = 86_400.0
@@ -55,7 +55,8 @@ _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 
 
 @dataclass(frozen=True, slots=True)
 class Flip:
-    """One flipped bit. `target` is "header", "checksums" or "row"; `row` the row it affects (None: header)."""
+    """One flipped bit. `target` is "header", "checksums", "row" or "crcs"; `row` the row it affects
+    (None: header)."""
 
     shard_id: bytes
     target: str
@@ -67,9 +68,11 @@ class Flip:
 
     @property
     def region(self) -> str:
-        """What the bit belongs to: header, checksum (either copy) or fragment."""
+        """What the bit belongs to: header, checksum (either copy), crc (block CRC record) or fragment."""
         if self.target == "header":
             return "header"
+        if self.target == "crcs":
+            return "crc"
         if self.target == "checksums" or self.bit < CHECKSUM_BITS:
             return "checksum"
         return "fragment"
@@ -133,7 +136,7 @@ class _Segment:
 
     start: int
     shard_id: bytes
-    target: str  # "header", "checksums" or "row"
+    target: str  # "header", "checksums", "row" or "crcs"
     first_row: int
     count: int
     value_bits: int
@@ -169,6 +172,12 @@ class _Exposure:
             parts.append(("row", 0, rows - 1, store.stored_value_len(sid, 0)))
         if rows > 0:
             parts.append(("row", rows - 1, 1, store.stored_value_len(sid, rows - 1)))
+            try:  # stores written before block CRCs have none until a scrub adds them
+                if rows > 1:
+                    parts.append(("crcs", 0, rows - 1, store.stored_value_len(sid, CrcRecord(0))))
+                parts.append(("crcs", rows - 1, 1, store.stored_value_len(sid, CrcRecord(rows - 1))))
+            except NotFound:
+                parts = [p for p in parts if p[0] != "crcs"]
         for target, first, count, nbytes in parts:
             seg = _Segment(self.bits, sid, target, first, count, nbytes * 8)
             self.segments.append(seg)
@@ -267,8 +276,8 @@ def irradiate(
                 bits.append(neighbour)
         for p in bits:
             seg, value, bit = exposure.locate(p)
-            if seg.target == "row":
-                target, row = "row", seg.first_row + value
+            if seg.target in ("row", "crcs"):
+                target, row = seg.target, seg.first_row + value
             elif seg.target == CHECKSUMS:
                 target, row = "checksums", bit // CHECKSUM_BITS
             else:
@@ -283,7 +292,13 @@ def irradiate(
 
 
 def _flip(store: ShardStore, f: Flip, force: bool) -> None:
-    where = f.row if f.target == "row" else (HEADER if f.target == "header" else CHECKSUMS)
+    where: int | str | CrcRecord
+    if f.target == "row":
+        where = f.row  # type: ignore[assignment]
+    elif f.target == "crcs":
+        where = CrcRecord(f.row)  # type: ignore[arg-type]
+    else:
+        where = HEADER if f.target == "header" else CHECKSUMS
     store.flip_bit(f.shard_id, where, f.bit, force=force)
 
 

@@ -63,7 +63,16 @@ UPLOAD_TTL_MS = 7 * 24 * 3600 * 1000  # a partial upload not resumed within a we
 
 HEADER = "header"
 CHECKSUMS = "checksums"
-Target = int | str  # a row number, HEADER or CHECKSUMS (fault injection addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class CrcRecord:
+    """Fault injection address of one row's block CRC record."""
+
+    row: int
+
+
+Target = int | str | CrcRecord  # a row number, HEADER, CHECKSUMS or a CrcRecord (fault injection addresses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +149,7 @@ class RowCheck:
     """Result of verifying a shard's rows in place (the scrubber's unit of work)."""
 
     damaged: list[int]  # rows whose fragment is damaged: they need a rebuild from peers
-    checksums_fixed: int  # checksum copies and block CRC records that were damaged and rewritten in place
+    checksums_fixed: int  # rows whose checksum copy or block CRC record was damaged and rewritten in place
     bytes_verified: int
 
 
@@ -521,7 +530,7 @@ class ShardStore:
         damaged: list[int] = []
         fixes: list[tuple[int, bytes]] = []  # (row, true checksum) where a copy is wrong
         crc_fixes: list[tuple[int, bytes]] = []  # (row, new block CRC record) where the record was hit
-        crc_added = 0  # rows stored before block CRCs existed get theirs (not damage)
+        crc_added: set[int] = set()  # rows stored before block CRCs existed get theirs (not damage)
         total = 0
         seen: set[int] = set()
         with self._env.begin(buffers=True) as txn:
@@ -549,7 +558,8 @@ class ShardStore:
                     has = crcs.set_key(key)
                     if not has or not bitfix.intact(crcs.value()):
                         crc_fixes.append((row, bitfix.block_crcs(value[CHECKSUM_LEN:])))
-                        crc_added += not has
+                        if not has:
+                            crc_added.add(row)
                 found = cursor.next()
         damaged.extend(r for r in range(header.row_count) if r not in seen)  # never after a committed put
         if fixes or crc_fixes:
@@ -560,7 +570,8 @@ class ShardStore:
                     key = _ROW_KEY.pack(shard_id, row)
                     if txn.get(key, db=self._rows) is not None:  # not deleted meanwhile
                         txn.put(key, record, db=self._crcs)
-        return RowCheck(sorted(damaged), len(fixes) + len(crc_fixes) - crc_added, total)
+        fixed_rows = {r for r, _ in fixes} | {r for r, _ in crc_fixes if r not in crc_added}
+        return RowCheck(sorted(damaged), len(fixed_rows), total)
 
     # --- repair -----------------------------------------------------------------------------------
 
@@ -723,7 +734,8 @@ class ShardStore:
     # --- fault injection --------------------------------------------------------------------------
 
     def stored_value_len(self, shard_id: bytes, target: Target) -> int:
-        """Length of the stored value a fault can hit: a row (checksum + fragment), HEADER or CHECKSUMS."""
+        """Length of the stored value a fault can hit: a row (checksum + fragment), HEADER, CHECKSUMS or
+        a row's CrcRecord."""
         with self._env.begin() as txn:
             db, key = self._target(txn, shard_id, target)
             value = txn.get(key, db=db)
@@ -754,7 +766,11 @@ class ShardStore:
             return self._sums, shard_id
         if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < 2**32:
             return self._rows, _ROW_KEY.pack(shard_id, target)
-        raise InvalidArgument(f"fault target must be a row number, {HEADER!r} or {CHECKSUMS!r}; got {target!r}")
+        if isinstance(target, CrcRecord) and 0 <= target.row < 2**32:
+            return self._crcs, _ROW_KEY.pack(shard_id, target.row)
+        raise InvalidArgument(
+            f"fault target must be a row number, {HEADER!r}, {CHECKSUMS!r} or a CrcRecord; got {target!r}"
+        )
 
     # --- meta -------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from orbitvault.cli import cli
 from orbitvault.errors import FailedPrecondition, InvalidArgument
 from orbitvault.storage.irradiate import Irradiation, irradiate, parse_duration, poisson
 from orbitvault.storage.scrubber import load_state
-from orbitvault.storage.store import CHECKSUMS, HEADER, RowStatus, ShardStore
+from orbitvault.storage.store import CHECKSUMS, HEADER, CrcRecord, RowStatus, ShardStore
 from tests.unit.test_scrubber import CAPACITY, Cluster, build_cluster, wreck
 
 
@@ -26,7 +26,7 @@ def node(tmp_path: Path):
 
 def _undo(store: ShardStore, result: Irradiation) -> None:
     for f in result.flips:
-        where = f.row if f.target == "row" else (HEADER if f.target == "header" else CHECKSUMS)
+        where = {"row": f.row, "crcs": CrcRecord(f.row), "header": HEADER}.get(f.target, CHECKSUMS)
         store.flip_bit(f.shard_id, where, f.bit)
 
 
@@ -35,7 +35,7 @@ def test_count_flips_exactly_the_reported_distinct_bits(node: Cluster) -> None:
     result = irradiate(store, count=40, seed=5)
     assert result.mode == "count" and result.upsets == 40 and len(result.flips) == 40
     assert len({(f.shard_id, f.target, f.bit) for f in result.flips}) == 40
-    assert {f.target for f in result.flips} <= {"header", "checksums", "row"}
+    assert {f.target for f in result.flips} <= {"header", "checksums", "row", "crcs"}
     # The store really is damaged (read_rows, unlike the scrubber's checks, repairs nothing) ...
     assert any(
         r.status is not RowStatus.OK
@@ -56,6 +56,7 @@ def test_exposure_covers_every_stored_bit(node: Cluster) -> None:
     for sid, h in node.headers.items():
         expected += store.stored_value_len(sid, HEADER) + store.stored_value_len(sid, CHECKSUMS)
         expected += sum(store.stored_value_len(sid, r) for r in range(h.row_count))
+        expected += sum(store.stored_value_len(sid, CrcRecord(r)) for r in range(h.row_count))
     assert irradiate(store, count=0, seed=1).bits_exposed == expected * 8
 
 

@@ -150,13 +150,15 @@ def irradiate_and_repair(cluster: Cluster, peers_for: Callable[[int], PeerRows])
 
     Shared with the integration test, which runs it with real nodes and gRPC peers.
     """
-    hits = [irradiate(store, count=8, seed=100 + i) for i, store in enumerate(cluster.stores)]
+    # Seeds chosen so that no stripe row loses more than m fragments and every kind of stored
+    # value is hit (headers, checksum copies, fragments, block CRC records).
+    hits = [irradiate(store, count=8, seed=600 + i) for i, store in enumerate(cluster.stores)]
     flips = [f for h in hits for f in h.flips]
     assert len(flips) == 48 and len({(f.shard_id, f.target, f.row, f.bit) for f in flips}) == 48
 
-    # What the flips should cost, unit by unit: a header, or a row where only a checksum copy was
-    # hit (fixed in place); a row whose fragment was hit (corrected in place when at most two bits of
-    # a 4 KiB block flipped and a checksum copy survived to confirm it; else rebuilt from peers).
+    # What the flips should cost, unit by unit: a header, or a row where only a checksum copy or the
+    # block CRC record was hit (fixed in place); a row whose fragment was hit (corrected in place
+    # when `_correctable`, else rebuilt from peers).
     units: dict[tuple[bytes, int | None], set[str]] = {}
     for f in flips:
         units.setdefault((f.shard_id, f.row), set()).add(f.target if f.target != "row" else f.region)
@@ -174,6 +176,7 @@ def irradiate_and_repair(cluster: Cluster, peers_for: Callable[[int], PeerRows])
         kinds = {(f.target, f.region) for f in flips if (f.shard_id, f.row) == u}
         assert not {("row", "checksum"), ("checksums", "checksum")} <= kinds
     assert headers and fragment_rows and checksum_only  # the seeds exercise all three kinds
+    assert any(f.target == "crcs" for f in flips)
 
     corrected = {u for u in fragment_rows if _correctable([f for f in flips if (f.shard_id, f.row) == u])}
 
@@ -198,14 +201,15 @@ def irradiate_and_repair(cluster: Cluster, peers_for: Callable[[int], PeerRows])
 
 def _correctable(flips: list) -> bool:
     """Whether the node alone can undo these flips of one row: at most two per 4 KiB block of the
-    fragment, and a checksum copy left intact to confirm the result."""
+    fragment, its block CRC record intact, and a checksum copy left intact to confirm the result."""
     per_block: dict[int, int] = {}
     for f in flips:
         if f.target == "row" and f.region == "fragment":
             block = (f.bit - 8 * CHECKSUM_LEN) // (8 * 4096)
             per_block[block] = per_block.get(block, 0) + 1
     copies_hit = {(f.target, f.region) for f in flips} >= {("row", "checksum"), ("checksums", "checksum")}
-    return max(per_block.values(), default=0) <= 2 and not copies_hit
+    record_hit = any(f.target == "crcs" for f in flips)
+    return max(per_block.values(), default=0) <= 2 and not copies_hit and not record_hit
 
 
 def test_irradiated_cluster_is_repaired_exactly(cluster: Cluster) -> None:
