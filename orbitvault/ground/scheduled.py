@@ -7,7 +7,8 @@ From then on `ScheduledMode` moves shards up window by window:
 
 - **Plan.** Spooled shards become `UplinkItem`s (size = rows x granule, granule = a full fragment
   plus its checksum, so cuts fall on row boundaries; `delivered` = rows the target node has
-  committed, from PutShard answers and HeadShard), in queue order, one fairness class per tenant;
+  committed, from PutShard answers and HeadShard), in queue order, one fairness class per tenant
+  (the gateway's own checkpoints in a tier served after all tenants);
   `plan_uplink` binds them late to satellites and windows. Satellites map to nodes by the
   satellite each node reports (NodeInfo); satellites without a node, and satellites lost (a
   transfer to or from them failed), are excluded.
@@ -63,7 +64,7 @@ from orbitvault.errors import DataLoss, OrbitVaultError, Unavailable
 from orbitvault.ground import selfdesc
 from orbitvault.ground.catalog import Catalog, ObjectRecord, ShardLoc, SpoolEntry, SpoolObject, StripeRecord
 from orbitvault.ground.config import GatewayConfig
-from orbitvault.ground.model import RestoreInfo, RestoreState
+from orbitvault.ground.model import SYSTEM_TENANT, RestoreInfo, RestoreState
 from orbitvault.ground.nodes import NodeDirectory, NodeState
 from orbitvault.ground.pipeline import WriteResult, rows_per_call
 from orbitvault.ground.spool import GroundCopies, GroundShards
@@ -72,11 +73,14 @@ from orbitvault.orbit.config import load_constellation
 from orbitvault.orbit.links import EPS, Network, capacity_bound
 from orbitvault.orbit.plan import Contact, ContactPlan, read_plan
 from orbitvault.orbit.restore import HeldShard, RestorePlan, RestoreStripe, plan_restore
-from orbitvault.orbit.scheduler import Schedule, StripeSpec, Transfer, UplinkItem, plan_uplink
+from orbitvault.orbit.scheduler import ClassPolicy, Schedule, StripeSpec, Transfer, UplinkItem, plan_uplink
 from orbitvault.storage.header import ShardHeader, Sibling
 from orbitvault.storage.store import RowBatch
 
 log = logging.getLogger("orbitvault.gateway.scheduled")
+# The gateway's own objects (catalog checkpoints) go up after every tenant's: a checkpoint spooled
+# behind a backup must not push the backup's DURABLE time, which its owner has been told, later.
+_CLASSES = {SYSTEM_TENANT: ClassPolicy(tier=1)}
 
 Key = tuple[bytes, int, int]  # (object id, stripe, shard index)
 
@@ -672,7 +676,9 @@ class ScheduledMode:
                 for e in sorted(by_stripe[s], key=lambda x: x.index):
                     items.append(self._item(e, so.tenant, exclude, sat_nodes))
         plan = _free(self.orbit.plan(now), self._busy("store"), now)
-        sched = plan_uplink(plan, self.orbit.network, items, specs, now=now, exclude=exclude, relay_remainders=False)
+        sched = plan_uplink(
+            plan, self.orbit.network, items, specs, now=now, exclude=exclude, relay_remainders=False, classes=_CLASSES
+        )
         self._store_gen += 1
         self._prune()
         self.totals.replans += 1
