@@ -122,30 +122,41 @@ class Node:
         if t not in NODE_TYPES:
             raise InvalidFormat(f"tree node {name!r} has unknown type {t!r}")
         try:
+            ints = []
+            for key, default, lo, hi in _INT_FIELDS:  # one pass; `_int` only to say what is wrong
+                v = d.get(key, default)
+                if type(v) is not int or not lo <= v <= hi:
+                    v = _int(d, key, default, lo=lo, hi=hi)
+                ints.append(v)
+            mode, uid, gid, mtime, atime, ctime, size, inode, dev, links, rdev = ints
             node = cls(
-                name=name,
-                type=t,
-                mode=_int(d, "mode"),
-                uid=_int(d, "uid", hi=_U32),
-                gid=_int(d, "gid", hi=_U32),
-                user=_opt_str(d, "user"),
-                group=_opt_str(d, "group"),
-                mtime_ns=_int(d, "mtime_ns", lo=_I64_MIN, hi=_I64_MAX),
-                atime_ns=_int(d, "atime_ns", lo=_I64_MIN, hi=_I64_MAX),
-                ctime_ns=_int(d, "ctime_ns", lo=_I64_MIN, hi=_I64_MAX),
-                size=_int(d, "size", hi=_I64_MAX),
-                inode=_int(d, "inode"),
-                device_id=_int(d, "device_id"),
-                links=_int(d, "links", 1, hi=_U32),
-                rdev=_int(d, "rdev"),
-                linktarget=_dec_name(d, "linktarget"),
+                name,
+                t,
+                mode,
+                uid,
+                gid,
+                _opt_str(d, "user"),
+                _opt_str(d, "group"),
+                mtime,
+                atime,
+                ctime,
+                size,
+                inode,
+                dev,
+                links,
+                rdev,
+                _dec_name(d, "linktarget"),
             )
             xattrs = d.get("xattrs", [])
             if not isinstance(xattrs, list):
                 raise InvalidFormat("xattrs must be a list")
-            node.xattrs = [(str(x["name"]), base64.b64decode(x["value"], validate=True)) for x in xattrs]
+            if xattrs:
+                node.xattrs = [(str(x["name"]), base64.b64decode(x["value"], validate=True)) for x in xattrs]
             if "content" in d:
-                node.content = [_id(c) for c in d["content"]]
+                content = d["content"]
+                if not isinstance(content, list):
+                    raise InvalidFormat("content must be a list")
+                node.content = [bytes.fromhex(c) if type(c) is str and len(c) == 64 else _id(c) for c in content]
             if "subtree" in d:
                 node.subtree = _id(d["subtree"])
         except (KeyError, TypeError, ValueError) as e:
@@ -163,6 +174,21 @@ class Node:
 
 _U32 = 2**32 - 1
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_U64 = 2**64 - 1
+# Integer fields in constructor order: (key, default, lowest, highest), what the OS calls they feed accept.
+_INT_FIELDS = (
+    ("mode", 0, 0, _U64),
+    ("uid", 0, 0, _U32),
+    ("gid", 0, 0, _U32),
+    ("mtime_ns", 0, _I64_MIN, _I64_MAX),
+    ("atime_ns", 0, _I64_MIN, _I64_MAX),
+    ("ctime_ns", 0, _I64_MIN, _I64_MAX),
+    ("size", 0, 0, _I64_MAX),
+    ("inode", 0, 0, _U64),
+    ("device_id", 0, 0, _U64),
+    ("links", 1, 0, _U32),
+    ("rdev", 0, 0, _U64),
+)
 
 
 def _int(d: dict[str, Any], key: str, default: int = 0, *, lo: int = 0, hi: int = 2**64 - 1) -> int:
