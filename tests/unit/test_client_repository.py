@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,7 +176,8 @@ def test_lock_refresh_replaces_the_object(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 class _SlowRemote(LocalBackend):
-    """A store whose puts take a while, like the gateway's (k+1 synced commits per pack)."""
+    """A store whose puts take a while, like the gateway's (k+1 synced commits per pack): the first
+    puts wait (up to 5 s) until three are in flight at once."""
 
     concurrent_puts = 3
 
@@ -185,12 +185,15 @@ class _SlowRemote(LocalBackend):
         super().__init__(root)
         self.active = self.peak = 0
         self._lock = threading.Lock()
+        self._three = threading.Event()
 
     def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
-        time.sleep(0.05)
+            if self.active >= 3:
+                self._three.set()
+        self._three.wait(5)
         super().put(name, data)
         with self._lock:
             self.active -= 1
