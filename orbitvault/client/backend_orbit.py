@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,21 @@ class BlobCache:
             return self._path(blob_id).read_bytes()
         except OSError:
             return None
+
+    def retain(self, keep: Callable[[bytes], bool]) -> int:
+        """Delete the entries whose blob `keep` rejects (prune: blobs no longer indexed); returns
+        how many went. Entries are small, but without this the cache only ever grows."""
+        gone = 0
+        for path in self.root.glob("??/*"):
+            try:
+                blob_id = bytes.fromhex(path.name)
+            except ValueError:
+                continue  # a temporary file or something not ours
+            if not keep(blob_id):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    gone += 1
+        return gone
 
     def put(self, blob_id: bytes, sealed: bytes) -> None:
         path = self._path(blob_id)

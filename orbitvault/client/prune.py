@@ -215,6 +215,8 @@ def execute_prune(
     for h in plan.unindexed:
         repo.backend.delete(object_name("data", h))
     index.remove_packs(plan.repack + plan.remove + plan.missing)
+    if (cache := getattr(repo.backend, "tree_cache", None)) is not None:
+        cache.retain(lambda blob_id: blob_id in index)
     if isinstance(repo.backend, LocalBackend):
         repo.backend.remove_temporary(older_than_s=24 * 3600)
 

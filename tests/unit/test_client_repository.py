@@ -140,6 +140,24 @@ def test_written_trees_are_cached_for_the_next_reader(tmp_path: Path) -> None:
     assert be.pack_reads == 2
 
 
+def test_prune_drops_cached_trees_it_removed(tmp_path: Path) -> None:
+    from orbitvault.client.prune import execute_prune, plan_prune
+
+    _repo(tmp_path)
+    be = _CachingBackend(tmp_path / "r", tmp_path / "cache")
+    repo = Repository.open(be, b"pw")
+    packer = Packer(repo)
+    packer.add(repo.encode_blob(BlobType.TREE, b'{"nodes":[]}'))
+    packer.flush()
+    assert len(list((tmp_path / "cache").rglob("*"))) == 2  # a fan-out directory and the entry
+    (tmp_path / "cache" / "00").mkdir(exist_ok=True)
+    (tmp_path / "cache" / "00" / ".tmp-x").write_bytes(b"")  # not an entry: left alone
+    repo.load_index()
+    plan = plan_prune(repo)  # no snapshot refers to the tree: its pack goes
+    execute_prune(repo, plan)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()) == [".tmp-x"]
+
+
 def test_locks_shared_exclusive_and_stale(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     a = repo.lock(exclusive=False)
