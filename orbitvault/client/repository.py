@@ -402,6 +402,11 @@ class Repository:
                 return self.codec.decode(entry, cached)
             except CorruptObject:
                 pass  # a damaged cache entry: authenticated decryption caught it, fetch it again
+        elif cache is not None:
+            self._cache_tree_pack(pack_id, cache)  # one read for all its trees, not one per tree
+            if (cached := cache.get(blob_id)) is not None:
+                with contextlib.suppress(CorruptObject):
+                    return self.codec.decode(entry, cached)
         sealed = self.backend.get(self.pack_name(pack_id), entry.offset, entry.length)
         if len(sealed) != entry.length:
             raise CorruptObject(f"pack {pack_id.hex()}: short read of blob {blob_id.hex()}")
@@ -412,6 +417,21 @@ class Repository:
         if cache is not None:
             cache.put(blob_id, sealed)
         return data
+
+    def _cache_tree_pack(self, pack_id: bytes, cache: Any) -> None:
+        """Put every tree of a pack into the tree cache, from one read of the whole pack.
+
+        On a new machine (a disaster-recovery restore) the cache is empty and every tree would be a
+        round trip to the gateway; tree packs hold only trees, so reading one whole costs little more
+        than a single tree. Entries are authenticated when used, so nothing here is trusted yet.
+        """
+        try:
+            pack = memoryview(self.backend.get(self.pack_name(pack_id)))
+        except OrbitVaultError:
+            return  # read the one blob instead; its error, if any, is reported there
+        for e in self.index.pack_entries(pack_id):
+            if e.type is BlobType.TREE and e.offset + e.length <= len(pack):
+                cache.put(e.id, bytes(pack[e.offset : e.offset + e.length]))
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
         with self._tree_cache_lock:

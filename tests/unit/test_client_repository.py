@@ -140,6 +140,21 @@ def test_written_trees_are_cached_for_the_next_reader(tmp_path: Path) -> None:
     assert be.pack_reads == 2
 
 
+def test_a_cold_cache_fetches_each_tree_pack_once(tmp_path: Path) -> None:
+    """A restore on a new machine: the first tree read brings in every tree of its pack."""
+    repo = _repo(tmp_path)
+    packer = Packer(repo)
+    trees = [repo.encode_blob(BlobType.TREE, b'{"nodes":[%d]}' % i) for i in range(20)]
+    for t in trees:
+        packer.add(t)
+    packer.flush()
+    be = _CachingBackend(tmp_path / "r", tmp_path / "new-machine-cache")
+    reader = Repository.open(be, b"pw")
+    reader.load_index()
+    assert [reader.read_blob(t.id) for t in trees] == [b'{"nodes":[%d]}' % i for i in range(20)]
+    assert be.pack_reads == 1  # one whole-pack read, then all from the cache
+
+
 def test_prune_drops_cached_trees_it_removed(tmp_path: Path) -> None:
     from orbitvault.client.prune import execute_prune, plan_prune
 
