@@ -225,16 +225,8 @@ class OrbitBackend:
 
     def _cache_store(self, name: str, data: bytes | bytearray | memoryview) -> None:
         path = self._cache_path(name)
-        if path is None or blake3.blake3(data).hexdigest() != name_id(name):
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            return  # a cache that cannot be written is only slower, never wrong
+        if path is not None and blake3.blake3(data).hexdigest() == name_id(name):
+            _write_cache_file(path, data)
 
 
 def _cache_name(url: str) -> str:
@@ -273,12 +265,17 @@ class BlobCache:
         return gone
 
     def put(self, blob_id: bytes, sealed: bytes) -> None:
-        path = self._path(blob_id)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(sealed)
-            os.replace(tmp, path)
-        except OSError:
-            return
+        _write_cache_file(self._path(blob_id), sealed)
+
+
+def _write_cache_file(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Temp file + rename, so readers never see half an entry; a cache that cannot be written is
+    only slower, never wrong."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        return

@@ -402,11 +402,9 @@ class Repository:
                 return self.codec.decode(entry, cached)
             except CorruptObject:
                 pass  # a damaged cache entry: authenticated decryption caught it, fetch it again
-        elif cache is not None:
-            self._cache_tree_pack(pack_id, cache)  # one read for all its trees, not one per tree
-            if (cached := cache.get(blob_id)) is not None:
-                with contextlib.suppress(CorruptObject):
-                    return self.codec.decode(entry, cached)
+        elif cache is not None and (sealed := self._cache_tree_pack(pack_id, entry, cache)) is not None:
+            with contextlib.suppress(CorruptObject):  # one read for all its trees, not one per tree
+                return self.codec.decode(entry, sealed)
         sealed = self.backend.get(self.pack_name(pack_id), entry.offset, entry.length)
         if len(sealed) != entry.length:
             raise CorruptObject(f"pack {pack_id.hex()}: short read of blob {blob_id.hex()}")
@@ -418,8 +416,9 @@ class Repository:
             cache.put(blob_id, sealed)
         return data
 
-    def _cache_tree_pack(self, pack_id: bytes, cache: Any) -> None:
-        """Put every tree of a pack into the tree cache, from one read of the whole pack.
+    def _cache_tree_pack(self, pack_id: bytes, want: PackEntry, cache: Any) -> bytes | None:
+        """Put every tree of a pack into the tree cache, from one read of the whole pack; returns
+        the sealed bytes of `want` (None if the pack could not be read whole).
 
         On a new machine (a disaster-recovery restore) the cache is empty and every tree would be a
         round trip to the gateway; tree packs hold only trees, so reading one whole costs little more
@@ -428,10 +427,15 @@ class Repository:
         try:
             pack = memoryview(self.backend.get(self.pack_name(pack_id)))
         except OrbitVaultError:
-            return  # read the one blob instead; its error, if any, is reported there
+            return None  # read the one blob instead; its error, if any, is reported there
+        found = None
         for e in self.index.pack_entries(pack_id):
             if e.type is BlobType.TREE and e.offset + e.length <= len(pack):
-                cache.put(e.id, bytes(pack[e.offset : e.offset + e.length]))
+                sealed = bytes(pack[e.offset : e.offset + e.length])
+                cache.put(e.id, sealed)
+                if e == want:
+                    found = sealed
+        return found
 
     def load_tree(self, tree_id: bytes) -> list[Node]:
         with self._tree_cache_lock:

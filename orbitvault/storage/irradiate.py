@@ -77,6 +77,15 @@ class Flip:
             return "checksum"
         return "fragment"
 
+    @property
+    def where(self) -> int | str | CrcRecord:
+        """The store's address of the value this bit is in (`ShardStore.flip_bit`)."""
+        if self.target == "row":
+            return self.row  # type: ignore[return-value]
+        if self.target == "crcs":
+            return CrcRecord(self.row)  # type: ignore[arg-type]
+        return HEADER if self.target == "header" else CHECKSUMS
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "shard_id": self.shard_id.hex(),
@@ -292,14 +301,7 @@ def irradiate(
 
 
 def _flip(store: ShardStore, f: Flip, force: bool) -> None:
-    where: int | str | CrcRecord
-    if f.target == "row":
-        where = f.row  # type: ignore[assignment]
-    elif f.target == "crcs":
-        where = CrcRecord(f.row)  # type: ignore[arg-type]
-    else:
-        where = HEADER if f.target == "header" else CHECKSUMS
-    store.flip_bit(f.shard_id, where, f.bit, force=force)
+    store.flip_bit(f.shard_id, f.where, f.bit, force=force)
 
 
 def _check_args(
