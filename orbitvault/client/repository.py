@@ -397,14 +397,13 @@ class Repository:
             raise NotFound(f"blob {blob_id.hex()} is not in the index")
         pack_id, entry = loc
         cache = getattr(self.backend, "tree_cache", None) if entry.type is BlobType.TREE else None
-        if cache is not None and (cached := cache.get(blob_id)) is not None:
-            try:
-                return self.codec.decode(entry, cached)
-            except CorruptObject:
-                pass  # a damaged cache entry: authenticated decryption caught it, fetch it again
-        elif cache is not None and (sealed := self._cache_tree_pack(pack_id, entry, cache)) is not None:
-            with contextlib.suppress(CorruptObject):  # one read for all its trees, not one per tree
-                return self.codec.decode(entry, sealed)
+        if cache is not None:
+            if (cached := cache.get(blob_id)) is not None:
+                with contextlib.suppress(CorruptObject):  # a damaged entry: its pack is read again
+                    return self.codec.decode(entry, cached)
+            if (sealed := self._cache_tree_pack(pack_id, entry, cache)) is not None:
+                with contextlib.suppress(CorruptObject):  # one read for all its trees, not one per tree
+                    return self.codec.decode(entry, sealed)
         sealed = self.backend.get(self.pack_name(pack_id), entry.offset, entry.length)
         if len(sealed) != entry.length:
             raise CorruptObject(f"pack {pack_id.hex()}: short read of blob {blob_id.hex()}")
