@@ -413,9 +413,14 @@ class Drill:
         self.snapshot = summary["snapshot_id"]
         snap_key = f"snapshots/{self.snapshot}"
         saved = self.sdk().head(self.c.bucket, snap_key).created_unix_ms / 1000
-        log = self.gateway_log()
-        stored = next((e for e in log.stored() if e.fields.get("key") == snap_key), None)
-        predicted = log.plan_after(stored) if stored is not None else None
+        predicted = None
+        for _ in range(50):  # the gateway logs its plan for the finished backup within milliseconds
+            log = self.gateway_log()
+            stored = next((e for e in log.stored() if e.fields.get("key") == snap_key), None)
+            predicted = log.plan_after(stored, settled=log.last_forgotten()) if stored is not None else None
+            if predicted is not None:
+                break
+            time.sleep(0.1)
         self.saved_at, self.predicted_durable = saved, predicted
         self.report["backup"] = summary
         self.report["source"] |= {"files": summary["total_files_processed"], "bytes": summary["total_bytes_processed"]}

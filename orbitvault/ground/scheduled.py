@@ -1176,6 +1176,8 @@ class ScheduledMode:
             self.spool.remove(object_id)
             self.cache.remove(object_id)
         if known:
+            # Every store plan logged after this line leaves the object out (telemetry.plan_after).
+            log.info("object forgotten object=%s", object_id.hex()[:16])
             self._restore_dirty = True
             self._notify(dirty=True)
 

@@ -152,18 +152,24 @@ class GatewayLog:
         """`object stored` events (bucket, key, version = object id prefix, bytes)."""
         return list(self.named("object stored"))
 
-    def plan_after(self, event: LogEvent) -> float | None:
+    def plan_after(self, event: LogEvent, *, settled: int = -1) -> float | None:
         """The backlog's DURABLE time predicted by the first store plan that includes the object of
-        `event` (an `object stored` line): the first after the executor adopted it. The put's own
-        log line races the executor, so a plan logged after it may have been made without it."""
+        `event` (an `object stored` line) and was made after line `settled`: the first after the
+        executor adopted the object (the put's own log line races the executor, so a plan logged
+        after it may have been made without it), and after objects gone since (a backup's lock,
+        deleted when it ends, was still in the backlog of earlier plans)."""
         version = event.fields.get("version", "")
         adopted = next((e for e in self.named("object adopted") if version and e.fields.get("object") == version), None)
-        after = adopted.seq if adopted is not None else event.seq
+        after = max(adopted.seq if adopted is not None else event.seq, settled)
         for e in self.events:
             if e.seq > after and e.msg == "store plan":
                 at = e.num("durable_at", 0.0)
                 return at or None
         return None
+
+    def last_forgotten(self) -> int:
+        """Line of the last `object forgotten` (an object deleted from the spool), -1 if none."""
+        return max((e.seq for e in self.named("object forgotten")), default=-1)
 
     def shards_rebuilt(self, after_seq: int = -1) -> int:
         """Shards the repair coordinator rebuilt (its sweeps' reports) after line `after_seq`."""
