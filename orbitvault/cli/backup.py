@@ -176,6 +176,12 @@ def init(
 @click.option(
     "--read-concurrency", type=click.IntRange(1, 64), default=2, show_default=True, help="Files read at once."
 )
+@click.option(
+    "--read-processes",
+    type=click.IntRange(0, 64),
+    help="Processes that scan directories and read small files beside the walk (default: 2 on a "
+    "machine with 2+ cores, once 512 small files were read; 0: none).",
+)
 @click.option("--limit-upload", type=click.IntRange(1), help="Upload limit in KiB/s.")
 @click.option("--time", "time_", help='Snapshot time instead of now ("YYYY-MM-DD HH:MM:SS").')
 def backup(
@@ -202,6 +208,7 @@ def backup(
     ignore_ctime: bool,
     dry_run: bool,
     read_concurrency: int,
+    read_processes: int | None,
     limit_upload: int | None,
     time_: str | None,
 ) -> None:
@@ -259,6 +266,7 @@ def backup(
         ignore_ctime=ignore_ctime,
         dry_run=dry_run,
         read_concurrency=read_concurrency,
+        read_processes=read_processes,
         limit_upload_kib=limit_upload,
         time=when,
     )

@@ -2,18 +2,23 @@
 
 Pipeline (bounded, both cores busy):
 
-- the main thread walks the file system (lstat, excludes, parent-snapshot comparison), reads
-  and hashes small files itself (a few microseconds of Python each: handing every small file to
-  another thread would cost more in GIL hand-offs than it saves), and passes the new blobs in
-  batches of ~64 to the pool for compression and sealing; a small file's node is complete as
-  soon as it is hashed, so directories never wait for small files;
+- the main thread walks the tree depth first. Each directory is scanned (`scan.py`: listed,
+  filtered, lstat'ed, xattrs read, unchanged files recognised, small files read and hashed):
+  by the main thread itself for the first `readers_after` small files, then by reader processes
+  (`readers.py`), which scan directories ahead of the walk and seal small files' blobs. A
+  process, not a thread: per small file the scan is mostly system calls and Python, which in
+  one process would queue for one GIL;
+- blobs the main thread hashed itself go to the pool in batches of ~64 for compression and
+  sealing; blobs a reader sealed are packed by its result thread;
 - files above `inline_limit` go to the pool whole: reading, FastCDC, blake3, zstandard and
   AES-GCM all release the GIL on large buffers, so pool threads run on the other core;
+- every blob id is claimed before it is packed, so each content is stored once;
 - sealed blobs are appended to packs by whichever thread made them (a memcpy under a lock);
   full packs go to one uploader thread, which stores them and writes index batches.
 
 Memory stays bounded: at most `max_inflight` large files are in flight, a pool thread holds at
-most a 2 x max-chunk read buffer, the uploader queue holds two packs, and directories wait for
+most a 2 x max-chunk read buffer, a reader sends at most ~2 MiB of blobs at a time and has at
+most four directories requested, the uploader queue holds two packs, and directories wait for
 their files in a bounded FIFO.
 
 Unchanged files (same type, size, mtime, ctime and inode as in the parent snapshot, and every
@@ -31,31 +36,38 @@ snapshot, chunked as it arrives, so memory stays bounded by the chunker's buffer
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import posixpath
-import pwd
 import socket
 import stat
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from orbitvault import __version__
-from orbitvault.client.filters import PathMatcher, TagFile, tag_files
-from orbitvault.client.pack import BlobType
+from orbitvault.client.pack import BlobType, EncodedBlob
+from orbitvault.client.readers import ReaderPool, Scan
 from orbitvault.client.repository import Packer, Repository, now_local
+from orbitvault.client.scan import (
+    Entry,
+    Grown,
+    Names,
+    PrevSig,
+    Scanner,
+    ScanSettings,
+    open_source,
+    read_xattrs,
+    stat_fields,
+)
 from orbitvault.client.snapshot import Snapshot, filter_snapshots
 from orbitvault.client.tree import Node, encode_tree, name_key
 from orbitvault.errors import OrbitVaultError
-
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 @dataclass
@@ -76,6 +88,11 @@ class BackupOptions:
     time: datetime | None = None
     max_inflight: int = 8
     inline_limit: int = 128 * 1024
+    # Reader processes (None: 2 on a machine with 2+ cores, else 0), started once `readers_after`
+    # small files were read by the walk itself (None: 512, so small backups never pay for
+    # starting them; 0 when read_processes is given).
+    read_processes: int | None = None
+    readers_after: int | None = None
     # NAME[:HEADER] specs: a directory holding NAME keeps only NAME (restic's --exclude-if-present)
     exclude_if_present: list[str] = field(default_factory=list)
     exclude_caches: bool = False
@@ -148,83 +165,57 @@ class _PendingDir:
     done: bool = False
 
 
-class _Names:
-    """uid/gid -> name, cached (one getpwuid per owner, not per file)."""
-
-    def __init__(self) -> None:
-        self._users: dict[int, str | None] = {}
-        self._groups: dict[int, str | None] = {}
-
-    def user(self, uid: int) -> str | None:
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = None
-        return self._users[uid]
-
-    def group(self, gid: int) -> str | None:
-        if gid not in self._groups:
-            try:
-                self._groups[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                self._groups[gid] = None
-        return self._groups[gid]
+def _default_processes() -> int:
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
-def read_xattrs(path: str) -> list[tuple[str, bytes]]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return []
-    out = []
-    for n in sorted(names):
-        try:
-            out.append((n, os.getxattr(path, n, follow_symlinks=False)))
-        except OSError:
-            continue
-    return out
+_KINDS = {"d": "dir", "l": "symlink", "f": "file"}
+# A file that had grown past inline_limit x this when a scan read it is read like a large file.
+_MAX_FILE_FACTOR = 8
 
 
-def node_from_stat(name: str, st: os.stat_result, path: str, names: _Names) -> Node | None:
-    fmt = stat.S_IFMT(st.st_mode)
-    kind = {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "dir",
-        stat.S_IFLNK: "symlink",
-    }.get(fmt)
-    if kind is None:
-        return None
-    node = Node(
-        name=name,
-        type=kind,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        user=names.user(st.st_uid),
-        group=names.group(st.st_gid),
-        mtime_ns=st.st_mtime_ns,
-        # A directory's atime is changed by listing it (this backup included): not recorded.
-        atime_ns=0 if kind == "dir" else st.st_atime_ns,
-        ctime_ns=st.st_ctime_ns,
-        size=st.st_size if kind == "file" else 0,
-        inode=st.st_ino,
-        device_id=st.st_dev,
-        links=st.st_nlink,
+def node_from_entry(entry: Entry) -> Node:
+    """The node of a scanned directory, symlink or file (contents and subtree still to come)."""
+    kind = _KINDS[entry[0]]
+    mode, uid, gid, mtime, atime, ctime, size, ino, dev, nlink = entry[2]
+    return Node(
+        entry[1],
+        kind,
+        stat.S_IMODE(mode),
+        uid,
+        gid,
+        entry[3],
+        entry[4],
+        mtime,
+        0 if kind == "dir" else atime,  # listing a directory (this backup too) changes its atime
+        ctime,
+        size if kind == "file" else 0,
+        ino,
+        dev,
+        nlink,
+        0,
+        entry[6] if kind == "symlink" else None,
+        entry[5],
     )
-    if kind == "symlink":
-        node.linktarget = os.readlink(path)
-    node.xattrs = read_xattrs(path)
-    return node
 
 
-def _sorted_names(names: list[str]) -> list[str]:
-    """Names in byte order: for valid UTF-8 that is code point order (no encoding needed)."""
-    try:
-        "".join(names).encode()
-    except UnicodeEncodeError:  # surrogate-escaped bytes: sort by the bytes themselves
-        return sorted(names, key=name_key)
-    return sorted(names)
+def _signatures(prev: dict[str, Node]) -> dict[str, PrevSig] | None:
+    """What a scan compares a file with to call it unchanged (files with contents only)."""
+    sigs = {
+        name: (n.size, n.mtime_ns, n.ctime_ns, n.inode)
+        for name, n in prev.items()
+        if n.type == "file" and n.content is not None
+    }
+    return sigs or None
+
+
+def _dir_node(name: str, path: str, names: Names) -> Node:
+    """An intermediate directory of the targets' absolute paths, with its real metadata."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory")
+    fields = stat_fields(st)
+    return node_from_entry(("d", name, fields, names.user(st.st_uid), names.group(st.st_gid), read_xattrs(path)))
 
 
 class Archiver:
@@ -236,9 +227,21 @@ class Archiver:
         self.errors: list[BackupError] = []
         self.warnings: list[str] = []
         self.on_error: Callable[[BackupError], None] | None = None
-        self.excluder = PathMatcher(opts.excludes, opts.iexcludes)
-        self.tag_files: list[TagFile] = tag_files(opts.exclude_if_present, exclude_caches=opts.exclude_caches)
-        self._names = _Names()
+        self.settings = ScanSettings(
+            excludes=tuple(opts.excludes),
+            iexcludes=tuple(opts.iexcludes),
+            exclude_if_present=tuple(opts.exclude_if_present),
+            exclude_caches=opts.exclude_caches,
+            exclude_larger_than=opts.exclude_larger_than,
+            inline_limit=opts.inline_limit,
+            ignore_ctime=opts.ignore_ctime,
+            ignore_inode=opts.ignore_inode,
+        )
+        # The walk's own scanner: chunks it hashes are claimed here and sealed by the pool.
+        self._scanner = Scanner(
+            self.settings, repo.key, repo.chunker, self._hashed_chunk, max_file=_MAX_FILE_FACTOR * opts.inline_limit
+        )
+        self._names = self._scanner.names
         self._stats_lock = threading.Lock()
         self._claim_lock = threading.Lock()
         self._claimed: set[bytes] = set()
@@ -252,6 +255,14 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], _FileSlot | Node] = {}
         self._root_dev: int | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._readers: ReaderPool | None = None
+        self._read_processes = _default_processes() if opts.read_processes is None else max(0, opts.read_processes)
+        if opts.readers_after is not None:
+            self._readers_after = opts.readers_after
+        else:
+            self._readers_after = 512 if opts.read_processes is None else 0
+        self._small_inline = 0
+        self._scans: dict[str, Scan] = {}  # requested from the readers, not yet walked
         self.parent: Snapshot | None = None
         # progress, read by the CLI's progress display (approximate while running)
         self.current_path = ""
@@ -283,12 +294,16 @@ class Archiver:
                 root = self._walk_roots(targets)
             self._drain(block=True)
             assert root.done and root.node.subtree is not None
+            if self._readers is not None:
+                self._readers.close()
             self._flush_encode()
             self._pool.shutdown(wait=True)
             self._check_failed()
             self._packer.flush()
         except BaseException:
             self._cancel.set()
+            if self._readers is not None:
+                self._readers.kill()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._packer.close()
             raise
@@ -379,15 +394,8 @@ class Archiver:
     def _read_file(self, path: str) -> tuple[list[bytes], int]:
         """Read, chunk, hash; compress, seal and pack the chunks nobody has stored yet."""
         assert self._packer is not None
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd, fst = open_source(path)
         try:
-            fd = os.open(path, flags | _O_NOATIME)
-        except PermissionError:
-            fd = os.open(path, flags)  # O_NOATIME needs ownership
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode):
-                raise OSError(errno.EINVAL, "no longer a regular file")
             ids: list[bytes] = []
             size = 0
             key, codec, packer = self.repo.key, self.repo.codec, self._packer
@@ -401,37 +409,28 @@ class Archiver:
                     raise _Cancelled
         finally:
             os.close(fd)
-        with self._stats_lock:
-            self.summary.files_read += 1
-            self.summary.bytes_read += size
+        self._count_read(size)
         return ids, size
 
     def _read_small(self, path: str) -> tuple[list[bytes], int]:
-        """Main thread: read and hash a small file; its new blobs are encoded by the pool."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        """Main thread: read and hash a small file (its new blobs are sealed by the pool); one
+        that grew meanwhile is read like a large file."""
         try:
-            fd = os.open(path, flags | _O_NOATIME)
-        except PermissionError:
-            fd = os.open(path, flags)
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode):
-                raise OSError(errno.EINVAL, "no longer a regular file")
-            ids: list[bytes] = []
-            size = 0
-            key = self.repo.key
-            for mv in self.repo.chunker.chunk_fd(fd, fst.st_size):
-                size += len(mv)
-                bid = key.blob_id(mv)
-                ids.append(bid)
-                if self._claim(bid):
-                    self._queue_encode(BlobType.DATA, bid, mv)
-        finally:
-            os.close(fd)
+            ids, size = self._scanner.read_file(path)
+        except Grown:
+            return self._read_file(path)
+        self._count_read(size)
+        return ids, size
+
+    def _hashed_chunk(self, bid: bytes, data: memoryview) -> None:
+        """A chunk the walk's own scanner hashed: the pool seals it unless it is stored already."""
+        if self._claim(bid):
+            self._queue_encode(BlobType.DATA, bid, data)
+
+    def _count_read(self, size: int) -> None:
         with self._stats_lock:
             self.summary.files_read += 1
             self.summary.bytes_read += size
-        return ids, size
 
     def _read_stream(self, fd: int) -> tuple[list[bytes], int]:
         """Main thread: a stream (stdin), cut as it arrives. Chunks are sealed and packed before
@@ -506,6 +505,42 @@ class Archiver:
             raise
         return _FileSlot(node, fut, prev, full)
 
+    # --- reader processes ------------------------------------------------------------------
+
+    def _start_readers(self) -> None:
+        """Start the reader processes once the walk itself has read enough small files."""
+        if not self._read_processes or self._small_inline < self._readers_after:
+            return
+        repo = self.repo
+        try:
+            self._readers = ReaderPool(
+                key=repo.key,
+                chunker=repo.config.chunker,
+                level=repo.config.compression_level,
+                max_file=_MAX_FILE_FACTOR * self.opts.inline_limit,
+                settings=self.settings,
+                processes=self._read_processes,
+                on_blob=self._reader_blob,
+                load_prev=self._load_prev,
+            )
+        except OSError as e:
+            self.warnings.append(f"reader processes unavailable, reading in one process: {e.strerror or e}")
+            self._read_processes = 0
+
+    def _reader_blob(self, bid: bytes, sealed: bytes, raw_length: int, flags: int) -> None:
+        """Result thread: a blob a reader sealed is packed unless someone stored it already."""
+        if self._claim(bid):
+            assert self._packer is not None
+            self._packer.add(EncodedBlob(BlobType.DATA, bid, sealed, raw_length, flags))
+
+    def _load_prev(self, subtree: bytes | None) -> tuple[dict[str, Node], dict[str, PrevSig] | None]:
+        prev = self._prev_children(subtree)
+        return prev, _signatures(prev)
+
+    def _reader_wait(self) -> None:
+        self._check_failed()
+        self._drain(block=False)
+
     # --- walk ------------------------------------------------------------------------------
 
     def _error(self, path: str, err: BaseException) -> None:
@@ -529,9 +564,8 @@ class Archiver:
         intermediate directories (like restic)."""
         prev_root = self.parent.tree if self.parent else None
         if targets == ["/"]:
-            st = os.lstat("/")
-            self._root_dev = st.st_dev
-            node = node_from_stat("/", st, "/", self._names) or Node(name="/", type="dir")
+            node = _dir_node("/", "/", self._names)
+            self._root_dev = os.lstat("/").st_dev
             return self._walk_dir("/", node, prev_root)
         trie: dict[str, Any] = {}
         for t in targets:
@@ -573,23 +607,22 @@ class Archiver:
     def _virtual_dir(self, path: str, node: Node, trie: dict[str, Any], prev_subtree: bytes | None) -> _PendingDir:
         pd = _PendingDir(node, path or "/", prev_subtree)
         prev = self._prev_children(prev_subtree)
+        sigs = _signatures(prev)
         for name in sorted(trie, key=name_key):
             full = f"{path}/{name}"
             sub = trie[name]
+            if sub is None:  # a target: scanned alone, never excluded by the patterns
+                for entry in self._scanner.entries(path, [name], sigs, select=False):
+                    if entry[0] not in ("e", "s"):
+                        self._root_dev = entry[2][8]
+                    slot = self._entry(path, entry, prev.get(name))
+                    if slot is not None:
+                        pd.slots.append(slot)
+                continue
             try:
-                st = os.lstat(full)
+                child = _dir_node(name, full, self._names)
             except OSError as e:
                 self._error(full, e)
-                continue
-            if sub is None:
-                self._root_dev = st.st_dev
-                slot = self._entry(full, name, st, prev.get(name))
-                if slot is not None:
-                    pd.slots.append(slot)
-                continue
-            child = node_from_stat(name, st, full, self._names)
-            if child is None or child.type != "dir":
-                self._error(full, OSError(errno.ENOTDIR, "not a directory"))
                 continue
             p = prev.get(name)
             pd.slots.append(self._virtual_dir(full, child, sub, p.subtree if p and p.type == "dir" else None))
@@ -598,27 +631,27 @@ class Archiver:
 
     def _walk_dir(self, path: str, node: Node, prev_subtree: bytes | None) -> _PendingDir:
         pd = _PendingDir(node, path, prev_subtree)
-        prev = self._prev_children(prev_subtree)
-        try:
-            with os.scandir(path) as it:
-                names = _sorted_names([e.name for e in it])
-        except OSError as e:
-            self._error(path, e)
-            names = []
         base = path.rstrip("/")
-        tags = self._tags_in(path, names) if self.tag_files else ()
-        for name in names:
-            full = f"{base}/{name}"
-            if self.excluder and self.excluder.match(full):
-                continue
-            if tags and any(t != name for t in tags):  # a tagged directory keeps its tag file only
-                continue
+        if self._readers is None:
+            self._start_readers()
+        if self._readers is not None:
+            scan = self._scans.pop(path, None) or self._readers.request(path, prev_subtree)
+            self._readers.wait(scan, self._reader_wait)
+            prev: dict[str, Node] = scan.prev
+            if scan.error is not None:
+                self._error(path, OSError(*scan.error))
+            self.warnings.extend(scan.warnings)
+            entries: Iterable[Entry] = scan.entries
+            self._prefetch(base, scan.entries, prev)
+        else:
+            prev = self._prev_children(prev_subtree)
             try:
-                st = os.lstat(full)
+                entries = self._scanner.scan(path, _signatures(prev), self.warnings)
             except OSError as e:
-                self._error(full, e)
-                continue
-            slot = self._entry(full, name, st, prev.get(name))
+                self._error(path, e)
+                entries = ()
+        for entry in entries:
+            slot = self._entry(base, entry, prev.get(entry[1]))
             if slot is not None:
                 pd.slots.append(slot)
         self._closed.append(pd)
@@ -627,55 +660,79 @@ class Archiver:
             self._drain(block=True, keep=2048)
         return pd
 
-    def _tags_in(self, path: str, names: list[str]) -> list[str]:
-        """Names of the tag files (--exclude-if-present, --exclude-caches) that mark `path`."""
-        present = set(names)
-        return [t.name for t in self.tag_files if t.name in present and t.marks(path, self.warnings.append)]
+    def _prefetch(self, base: str, entries: list[Entry], prev: dict[str, Node]) -> None:
+        """Ask the readers for this directory's subdirectories before the walk descends."""
+        assert self._readers is not None
+        for entry in entries:
+            if entry[0] == "d" and self._descend(entry):
+                p = prev.get(entry[1])
+                full = f"{base}/{entry[1]}"
+                self._scans[full] = self._readers.request(
+                    full, p.subtree if p is not None and p.type == "dir" else None
+                )
+        self._readers.pump()
 
-    def _entry(self, full: str, name: str, st: os.stat_result, prev: Node | None) -> Any:
+    def _descend(self, entry: Entry) -> bool:
+        """--one-file-system: a directory on another device than its target is left out."""
+        return not (self.opts.one_file_system and self._root_dev is not None and entry[2][8] != self._root_dev)
+
+    def _entry(self, base: str, entry: Entry, prev: Node | None) -> Any:
+        kind, name = entry[0], entry[1]
+        full = f"{base}/{name}"
         self.current_path = full
-        limit = self.opts.exclude_larger_than
-        if limit is not None and st.st_size > limit and stat.S_ISREG(st.st_mode):
+        if kind == "e":
+            self._error(full, OSError(entry[2], entry[3]))
             return None
-        try:
-            node = node_from_stat(name, st, full, self._names)
-        except OSError as e:
-            self._error(full, e)
-            return None
-        if node is None:
+        if kind == "s":
             self.warnings.append(f"{full}: special file skipped")
             return None
-        if node.type == "dir":
-            if self.opts.one_file_system and self._root_dev is not None and st.st_dev != self._root_dev:
+        node = node_from_entry(entry)
+        if kind == "d":
+            if not self._descend(entry):
                 return None
             prev_sub = prev.subtree if prev is not None and prev.type == "dir" else None
             if prev_sub is None:
                 self.summary.dirs_new += 1
             return self._walk_dir(full, node, prev_sub)
-        if node.type == "symlink":
+        if kind == "l":
             return node
         # regular file
         with self._stats_lock:
             self.summary.total_files_processed += 1
-            self.summary.total_bytes_processed += st.st_size
-        if prev is not None and self._unchanged(prev, st):
-            node.content = prev.content
-            node.size = prev.size
-            self.summary.files_unmodified += 1
+            self.summary.total_bytes_processed += node.size
+        how = entry[6]
+        if how == "new":
+            node.content, node.size = entry[7], entry[8]
+            self._small_inline += 1
+            self._count_read(node.size)
+            self._count_file(node, prev, prev is not None and prev.content == node.content)
             return node
-        if st.st_nlink > 1:
-            twin = self._hardlinks.get((st.st_dev, st.st_ino))
+        if how == "same" and prev is not None and prev.content is not None:
+            index = self.repo.index
+            if all(c in index for c in prev.content):
+                node.content = prev.content
+                node.size = prev.size
+                self.summary.files_unmodified += 1
+                return node
+        # several names, empty, large, or unchanged but with chunks no longer in the index
+        return self._file(full, node, prev)
+
+    def _file(self, full: str, node: Node, prev: Node | None) -> Any:
+        """A regular file the scan did not read (hard links are read once)."""
+        linked = node.links > 1
+        if linked:
+            twin = self._hardlinks.get((node.device_id, node.inode))
             if isinstance(twin, _FileSlot):  # read once, whatever the number of names
                 return _FileSlot(node, twin.future, prev, full)
             if twin is not None:
                 node.content, node.size = twin.content, twin.size
                 self._count_file(node, prev, prev is not None and prev.content == node.content)
                 return node
-        if st.st_size == 0:
+        if node.size == 0:
             node.content = []
             self._count_file(node, prev, prev is not None and prev.type == "file" and prev.content == [])
             return node
-        if st.st_size > self.opts.inline_limit:
+        if node.size > self.opts.inline_limit:
             slot: _FileSlot | Node = self._submit(node, prev, full)
         else:
             try:
@@ -685,21 +742,9 @@ class Archiver:
                 return None
             self._count_file(node, prev, prev is not None and prev.content == node.content)
             slot = node
-        if st.st_nlink > 1:
-            self._hardlinks[(st.st_dev, st.st_ino)] = slot
+        if linked:
+            self._hardlinks[(node.device_id, node.inode)] = slot
         return slot
-
-    def _unchanged(self, prev: Node, st: os.stat_result) -> bool:
-        if prev.type != "file" or prev.content is None:
-            return False
-        if prev.size != st.st_size or prev.mtime_ns != st.st_mtime_ns:
-            return False
-        if not self.opts.ignore_ctime and prev.ctime_ns != st.st_ctime_ns:
-            return False
-        if not self.opts.ignore_inode and prev.inode != st.st_ino:
-            return False
-        index = self.repo.index
-        return all(c in index for c in prev.content)
 
     def _count_file(self, node: Node, prev: Node | None, same: bool) -> None:
         if prev is None:
@@ -714,6 +759,8 @@ class Archiver:
             raise self._packer.error
         if self._job_error is not None:
             raise self._job_error
+        if self._readers is not None and self._readers.error is not None:
+            raise self._readers.error
 
     # --- finishing directories -------------------------------------------------------------
 

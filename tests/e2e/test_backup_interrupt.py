@@ -54,3 +54,48 @@ def test_killed_backup_resumes_without_storing_anything_twice(tmp_path: Path) ->
     r = ov.json("restore", "latest", "--target", str(target), "--verify")
     assert r["errors"] == 0
     assert manifest(restored_root(target, src)) == manifest(src)
+
+
+def _reader_processes() -> list[str]:
+    """Reader processes anywhere on the machine whose stdin is closed are gone within moments."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"orbitvault.client.readers" in (proc / "cmdline").read_bytes():
+                    out.append(proc.name)
+            except OSError:
+                continue
+    return out
+
+
+def test_killed_backup_with_reader_processes_leaves_none_and_resumes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(3000):  # small files: scanned and sealed by the reader processes
+        write(src / f"d{i % 60:02}" / f"f{i:04}", os.urandom(8 * 1024))
+    ov = OV(tmp_path / "repo")
+    ov.init()
+    before = set(_reader_processes())
+
+    p = ov.popen("backup", str(src), "--read-processes", "2", "--limit-upload", "3072")
+    deadline = time.monotonic() + 60
+    while len(ov.packs()) < 6 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the backup finished before it could be interrupted"
+    stored_before = ov.packs()
+    deadline = time.monotonic() + 10
+    while set(_reader_processes()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(_reader_processes()) - before == set(), "a reader outlived its backup"
+
+    s = ov.json("backup", str(src), "--read-processes", "2")
+    assert s["errors"] == 0 and s["files_new"] == 3000
+    assert s["packs_recovered"] == len(stored_before)
+    ids = _index_blob_ids(ov)
+    assert len(ids) == len(set(ids)), "a blob was stored twice"
+    target = tmp_path / "t"
+    r = ov.json("restore", "latest", "--target", str(target), "--verify")
+    assert r["errors"] == 0
+    assert manifest(restored_root(target, src)) == manifest(src)

@@ -6,6 +6,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.test_backup_support import OV, manifest, restored_root, write, xattrs_supported
 
 
@@ -48,7 +50,8 @@ def _diff_lines(ov: OV, a: str, b: str) -> set[tuple[str, str]]:
     return lines
 
 
-def test_backup_change_diff_restore_each_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readers", [[], ["--read-processes", "2"]], ids=["walk-alone", "reader-processes"])
+def test_backup_change_diff_restore_each_snapshot(tmp_path: Path, readers: list[str]) -> None:
     work, out, repo = tmp_path / "work", tmp_path / "out", tmp_path / "repo"
     work.mkdir()
     out.mkdir()
@@ -57,7 +60,7 @@ def test_backup_change_diff_restore_each_snapshot(tmp_path: Path) -> None:
     ov = OV(repo)
     ov.init()
 
-    s1 = ov.json("backup", str(src))
+    s1 = ov.json("backup", str(src), *readers)
     assert s1["errors"] == 0 and s1["files_new"] == 10
     assert s1["files_read"] == 8  # the hard link and the empty file are not read
     m1 = manifest(src)
@@ -67,7 +70,7 @@ def test_backup_change_diff_restore_each_snapshot(tmp_path: Path) -> None:
     write(src / "data" / "new.bin", os.urandom(300_000))
     (src / "old.txt").unlink()
     (src / "data" / "a.bin").rename(src / "data" / "b.bin")
-    s2 = ov.json("backup", str(src))
+    s2 = ov.json("backup", str(src), *readers)
     assert s2["errors"] == 0
     # Only the modified and the new file are read again (the renamed one: new name, read, deduped).
     assert s2["files_read"] == 3 and s2["files_unmodified"] == 7
@@ -96,7 +99,7 @@ def test_backup_change_diff_restore_each_snapshot(tmp_path: Path) -> None:
         assert sparse.stat().st_blocks * 512 < 1024 * 1024  # the hole stayed a hole
 
     # Unchanged re-backup: nothing is opened for reading, nothing new is stored.
-    s3 = ov.json("backup", str(src))
+    s3 = ov.json("backup", str(src), *readers)
     assert s3["files_read"] == 0 and s3["bytes_read"] == 0
     assert s3["data_blobs"] == 0
     # Only the directories above src (/tmp, ...) may have changed meanwhile (other processes).

@@ -1,0 +1,383 @@
+"""Reader processes: directories are scanned (stat'ed, small files read, hashed, compressed and
+sealed) outside the walking process.
+
+Why processes: per small file a backup makes half a dozen system calls and some Python; in one
+process that work and the walk share one GIL, and a thread that waits on a system call waits
+again for the GIL afterwards, so a second thread never made a first backup faster (measured,
+BENCHMARKS.md). A reader process has its own interpreter: the walk, the readers and the pool
+threads (large files) use both cores.
+
+The walking process asks for directories ahead of the walk: a directory is requested as soon as
+its parent's scan names it, and requests leave in the walk's own order (depth first, names in
+byte order), so the scan the walk needs next is usually done. Dedupe stays exact: a reader seals
+each content once, and the walking process claims every blob id before packing it (a reader's
+seal of a blob that is already stored is dropped there).
+
+Protocol, over the reader's stdin and stdout, one frame = 4-byte little-endian length + pickle:
+
+- main -> reader: the setup (raw master key, chunker parameters, zstd level, largest file it
+  reads, the scan settings); then requests (path, {name: parent-snapshot signature}); the end of
+  stdin ends the reader.
+- reader -> main: per request, in order, parts ("p", entries, blobs) with blobs =
+  [(id, sealed, raw_length, flags)] for contents it has not shipped before (a part holds at
+  most ~2 MiB of blobs, so a huge directory never sits in memory), then ("end", warnings, error)
+  where error is None or (errno, message) when the directory could not be listed.
+
+A reader ignores SIGINT (the walking process decides) and exits at the end of its stdin, so a
+crashed or killed backup never leaves readers behind; a reader that dies fails the backup
+(everything already packed is reused by the next run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import heapq
+import itertools
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from orbitvault.client.chunker import Chunker, ChunkerParams
+from orbitvault.client.crypto import MasterKey
+from orbitvault.client.pack import BlobCodec, BlobType
+from orbitvault.client.scan import Entry, PrevSig, Scanner, ScanSettings
+from orbitvault.client.tree import name_key
+from orbitvault.errors import OrbitVaultError
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PIPE_SIZE = 1 << 20
+_HEADER = 4
+_PART_BYTES = 2 << 20
+_PART_ENTRIES = 256
+
+
+# --- framing ---------------------------------------------------------------------------------
+
+
+def _write_frame(fd: int, obj: Any) -> None:
+    body = pickle.dumps(obj, protocol=5)
+    mv = memoryview(len(body).to_bytes(_HEADER, "little") + body)
+    while mv:
+        mv = mv[os.write(fd, mv) :]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """n bytes, or None at end of stream before the first byte; a cut frame is an error."""
+    buf = bytearray(n)
+    mv = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [mv[got:]])
+        if k == 0:
+            if got == 0:
+                return None
+            raise EOFError("stream cut inside a frame")
+        got += k
+    return bytes(buf)
+
+
+def _read_frame(fd: int) -> Any:
+    """The next object; None at the end of the stream."""
+    head = _read_exact(fd, _HEADER)
+    if head is None:
+        return None
+    body = _read_exact(fd, int.from_bytes(head, "little"))
+    if body is None:
+        raise EOFError("stream cut inside a frame")
+    return pickle.loads(body)
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe: a part crosses in one or two writes instead of sixteen."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+# --- the reader process ----------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, setup: dict[str, Any], out: int) -> None:
+        key = MasterKey(setup["key"])
+        self.codec = BlobCodec(key, setup["level"])
+        self.out = out
+        self.shipped: set[bytes] = set()
+        self.blobs: list[tuple[bytes, bytes, int, int]] = []
+        self.blob_bytes = 0
+        self.scanner = Scanner(
+            ScanSettings(**setup["settings"]),
+            key,
+            Chunker(ChunkerParams.from_json(setup["chunker"])),
+            self._on_chunk,
+            max_file=setup["max_file"],
+        )
+
+    def _on_chunk(self, bid: bytes, data: memoryview) -> None:
+        if bid in self.shipped:
+            return
+        self.shipped.add(bid)
+        enc = self.codec.encode(BlobType.DATA, data, bid)
+        self.blobs.append((bid, enc.sealed, enc.raw_length, enc.flags))
+        self.blob_bytes += len(enc.sealed)
+
+    def _part(self, entries: list[Entry]) -> None:
+        _write_frame(self.out, ("p", entries, self.blobs))
+        self.blobs, self.blob_bytes = [], 0
+
+    def scan(self, path: str, prev: dict[str, PrevSig] | None) -> None:
+        warnings: list[str] = []
+        entries: list[Entry] = []
+        error = None
+        try:
+            for entry in self.scanner.scan(path, prev, warnings):
+                entries.append(entry)
+                if self.blob_bytes >= _PART_BYTES or len(entries) >= _PART_ENTRIES:
+                    self._part(entries)
+                    entries = []
+        except OSError as e:
+            error = (e.errno or 0, e.strerror or str(e))
+        if entries or self.blobs:
+            self._part(entries)
+        _write_frame(self.out, ("end", warnings, error))
+
+
+def serve(inp: int, out: int) -> int:
+    """The reader's loop: setup, then requests until the end of `inp`. Requests are read by a
+    thread of their own, so the walking process never blocks writing one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _widen(out)
+    setup = _read_frame(inp)
+    if setup is None:
+        return 0
+    reader = _Reader(setup, out)
+    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def take() -> None:
+        try:
+            while (req := _read_frame(inp)) is not None:
+                requests.put(req)
+        finally:
+            requests.put(None)
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        while (req := requests.get()) is not None:
+            reader.scan(*req)
+    except BrokenPipeError:  # the walking process is gone: nothing left to do
+        return 1
+    return 0
+
+
+# --- the walking process's side ------------------------------------------------------------------
+
+
+class Scan:
+    """One directory's scan, filled in by a result thread; `done` is set when it is complete."""
+
+    __slots__ = ("done", "entries", "error", "path", "prev", "prev_subtree", "sent", "warnings")
+
+    def __init__(self, path: str, prev_subtree: bytes | None) -> None:
+        self.path = path
+        self.prev_subtree = prev_subtree
+        self.prev: Any = None  # what `load_prev` returned for prev_subtree (the walk reuses it)
+        self.entries: list[Entry] = []
+        self.warnings: list[str] = []
+        self.error: tuple[int, str] | None = None
+        self.sent = False
+        self.done = threading.Event()
+
+
+class _Worker:
+    """One reader process, its requests in flight and the thread that takes its answers."""
+
+    def __init__(self, setup: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orbitvault.client.readers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.inp = self.proc.stdin.fileno()
+        self.out = self.proc.stdout.fileno()
+        _widen(self.inp)
+        self.sent: deque[Scan] = deque()  # oldest first
+        self.thread: threading.Thread | None = None
+        _write_frame(self.inp, setup)
+
+
+class ReaderPool:
+    """Reader processes scanning directories ahead of the walk.
+
+    `request` queues a directory; requests leave in the walk's order (smallest path first),
+    at most `depth` per reader. `on_blob(id, sealed, raw_length, flags)` runs on a result thread
+    for every blob a reader sealed; `load_prev(prev_subtree)` runs on the walking thread when a
+    request leaves and returns (anything, {name: signature}) for the parent snapshot's files.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: MasterKey,
+        chunker: ChunkerParams,
+        level: int,
+        max_file: int,
+        settings: ScanSettings,
+        processes: int,
+        on_blob: Callable[[bytes, bytes, int, int], None],
+        load_prev: Callable[[bytes | None], tuple[Any, dict[str, PrevSig] | None]],
+        depth: int = 4,
+        ahead: int = 32,
+    ) -> None:
+        setup = {
+            "key": key.raw,
+            "chunker": chunker.to_json(),
+            "level": level,
+            "max_file": max_file,
+            "settings": dataclasses.asdict(settings),
+        }
+        self.on_blob = on_blob
+        self.load_prev = load_prev
+        self.depth = depth
+        self.ahead = ahead  # scans sent and not yet taken by the walk (bounds memory)
+        self._out = 0
+        self.error: BaseException | None = None
+        self._closed = False
+        self._queue: list[tuple[list[str], int, Scan]] = []
+        self._seq = itertools.count()
+        self._progress = threading.Event()
+        self.workers: list[_Worker] = []
+        try:
+            for _ in range(max(1, processes)):
+                self.workers.append(_Worker(setup))
+        except BaseException:
+            self.kill()
+            raise
+        for i, w in enumerate(self.workers):
+            w.thread = threading.Thread(target=self._collect, args=(w,), name=f"reader-results-{i}", daemon=True)
+            w.thread.start()
+
+    def request(self, path: str, prev_subtree: bytes | None) -> Scan:
+        scan = Scan(path, prev_subtree)
+        heapq.heappush(self._queue, ([name_key(p) for p in path.split("/")], next(self._seq), scan))
+        return scan
+
+    def pump(self) -> None:
+        """Walking thread: send queued requests, smallest path first, while a reader has room."""
+        while self._queue and self._out < self.ahead:
+            if self._queue[0][2].sent:  # sent out of turn by `wait`
+                heapq.heappop(self._queue)
+                continue
+            w = min(self.workers, key=lambda x: len(x.sent))
+            if len(w.sent) >= self.depth:
+                return
+            self._send(w, heapq.heappop(self._queue)[2])
+
+    def _send(self, w: _Worker, scan: Scan) -> None:
+        self._check()
+        scan.prev, sigs = self.load_prev(scan.prev_subtree)
+        scan.sent = True
+        self._out += 1
+        w.sent.append(scan)
+        try:
+            _write_frame(w.inp, (scan.path, sigs))
+        except OSError as e:
+            self._fail(OrbitVaultError(f"a reader process is gone ({e.strerror or e})"))
+
+    def wait(self, scan: Scan, on_wait: Callable[[], None]) -> Scan:
+        """Walking thread: the complete scan (sending requests meanwhile); each scan is taken
+        exactly once."""
+        if not scan.sent:  # needed now: whatever the limits (they only bound the look-ahead)
+            self._send(min(self.workers, key=lambda x: len(x.sent)), scan)
+        while not scan.done.is_set():
+            self._progress.clear()
+            self.pump()
+            if scan.done.is_set():
+                break
+            self._progress.wait(0.1)
+            self._check()
+            on_wait()
+        self._check()
+        self._out -= 1
+        return scan
+
+    def _collect(self, w: _Worker) -> None:
+        try:
+            while True:
+                msg = _read_frame(w.out)
+                if msg is None:
+                    if w.sent or not self._closed:
+                        code = w.proc.wait()
+                        raise OrbitVaultError(f"a reader process exited unexpectedly (status {code})")
+                    return
+                if msg[0] == "p":
+                    for blob in msg[2]:
+                        self.on_blob(*blob)
+                    w.sent[0].entries.extend(msg[1])
+                else:
+                    scan = w.sent.popleft()
+                    scan.warnings, scan.error = msg[1], msg[2]
+                    scan.done.set()
+                    self._progress.set()
+        except BaseException as e:
+            self._fail(e, raise_=False)
+
+    def _fail(self, error: BaseException, *, raise_: bool = True) -> None:
+        """Stop: nobody may wait forever, so every scan still owed is marked done (failed)."""
+        if self.error is None:
+            self.error = error
+        for w in self.workers:
+            for scan in list(w.sent):
+                scan.done.set()
+        self._progress.set()
+        if raise_:
+            raise self.error
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Every scan requested has been waited for: end the readers and wait for them."""
+        self._closed = True
+        for w in self.workers:
+            if w.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    w.proc.stdin.close()  # end of the reader's stdin: it exits
+        for w in self.workers:
+            if w.thread is not None:
+                w.thread.join()
+            w.proc.wait()
+            if w.proc.stdout is not None:
+                w.proc.stdout.close()
+        self._check()
+
+    def kill(self) -> None:
+        """Stop at once (the backup failed or was cancelled)."""
+        self._closed = True
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        for w in self.workers:
+            w.proc.wait()
+            if w.thread is not None:
+                w.thread.join(timeout=5)
+            for f in (w.proc.stdin, w.proc.stdout):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+
+
+if __name__ == "__main__":
+    _out = os.dup(1)
+    os.dup2(2, 1)  # a stray print must not land in the result stream
+    sys.exit(serve(0, _out))

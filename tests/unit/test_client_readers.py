@@ -1,0 +1,168 @@
+"""Reader processes: the same snapshot as the walk alone, exact dedupe, failures that end cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orbitvault.client.archiver import Archiver, BackupOptions
+from orbitvault.client.backend import LocalBackend
+from orbitvault.client.chunker import ChunkerParams
+from orbitvault.client.crypto import KdfParams
+from orbitvault.client.filters import CACHEDIR_SIGNATURE
+from orbitvault.client.repository import Repository
+from orbitvault.client.restorer import RestoreOptions, Restorer
+from orbitvault.errors import OrbitVaultError
+
+ROOT = os.geteuid() == 0
+
+
+def _repo(path: Path) -> Repository:
+    return Repository.init(
+        LocalBackend(path),
+        b"pw",
+        kdf=KdfParams(1, 1024, 1),
+        chunker=ChunkerParams(4096, 16384, 65536, seed=9),
+        pack_size=64 * 1024,
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    # atime after mtime: reading a file (the tag file's header check) must not change its node.
+    os.utime(path, (2_000_000_000, 1_600_000_000))
+
+
+def _tree(src: Path) -> None:
+    """Everything a scan decides about, spread over directories two readers share."""
+    _write(src / "a" / "one.txt", b"same content in two directories\n" * 40)
+    _write(src / "b" / "one-copy.txt", b"same content in two directories\n" * 40)
+    _write(src / "a" / "big.bin", os.urandom(300_000))  # above inline_limit: the walk's pool reads it
+    _write(src / "a" / "empty", b"")
+    _write(src / "a" / "skip.tmp", b"excluded")
+    _write(src / "a" / "h1", b"one inode, two names")
+    os.link(src / "a" / "h1", src / "b" / "h2")
+    os.symlink("../a/one.txt", src / "b" / "link")
+    os.mkfifo(src / "a" / "fifo")
+    _write(src / "c" / "CACHEDIR.TAG", CACHEDIR_SIGNATURE.encode() + b"\n")
+    _write(src / "c" / "junk", b"cache")
+    for i in range(600):  # more entries than one part of a reader's answer
+        _write(src / "d" / f"f{i:04}", b"file %d\n" % i * (1 + i % 50))
+    _write(src / "e" / "x" / "y" / "z" / "deep", b"deep")
+    (src / "empty-dir").mkdir()
+    if not ROOT:
+        _write(src / "a" / "secret", b"unreadable")
+        os.chmod(src / "a" / "secret", 0)
+    with contextlib.suppress(OSError):
+        os.setxattr(src / "a" / "one.txt", "user.note", b"kept")
+    for d in ("a", "b", "c", "d", "e", "empty-dir"):
+        os.utime(src / d, (1_600_000_500, 1_600_000_500))
+
+
+def _backup(repo: Repository, src: Path, **kw: object) -> tuple[object, object, Archiver]:
+    a = Archiver(repo, BackupOptions(paths=[str(src)], excludes=["*.tmp"], exclude_caches=True, **kw))  # type: ignore[arg-type]
+    snap, summary = a.run()
+    return snap, summary, a
+
+
+def _find(repo: Repository, tree: bytes, path: Path) -> bytes:
+    for part in path.resolve().parts[1:]:
+        (node,) = [n for n in repo.load_tree(tree) if n.name == part]
+        assert node.subtree is not None
+        tree = node.subtree
+    return tree
+
+
+def test_readers_give_the_walks_own_snapshot(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    alone_repo, readers_repo = _repo(tmp_path / "r1"), _repo(tmp_path / "r2")
+    _s1, alone, a1 = _backup(alone_repo, src, read_processes=0)
+    snap, readers, a2 = _backup(readers_repo, src, read_processes=2)
+    # Same decisions: what was read, skipped, stored once (the two equal files), reported.
+    for field in ("files_new", "files_read", "bytes_read", "data_blobs", "data_added", "errors", "dirs_new"):
+        assert getattr(readers, field) == getattr(alone, field), field
+    assert sorted(a2.warnings) == sorted(a1.warnings) and any("special file" in w for w in a2.warnings)
+    assert [e.path for e in a2.errors] == [e.path for e in a1.errors] == ([] if ROOT else [str(src / "a" / "secret")])
+    # Same tree, byte for byte: both modes back up into one repository and meet in the same ids.
+    again, _s, _a = _backup(readers_repo, src, read_processes=0, force=True)
+    assert _find(readers_repo, again.tree, src) == _find(readers_repo, snap.tree, src)
+    target = tmp_path / "t"
+    summary = Restorer(readers_repo, snap, RestoreOptions(target=str(target), verify=True)).run()
+    root = target / src.relative_to("/")
+    assert summary.errors == 0
+    assert (root / "b" / "one-copy.txt").read_bytes() == (src / "b" / "one-copy.txt").read_bytes()
+    assert sorted(p.name for p in (root / "d").iterdir()) == [f"f{i:04}" for i in range(600)]
+    assert sorted(p.name for p in (root / "c").iterdir()) == ["CACHEDIR.TAG"]
+    assert not (root / "a" / "skip.tmp").exists() and (root / "e" / "x" / "y" / "z" / "deep").exists()
+    assert (root / "a" / "h1").stat().st_ino == (root / "b" / "h2").stat().st_ino
+
+
+def test_readers_skip_unchanged_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    repo = _repo(tmp_path / "r")
+    _backup(repo, src, read_processes=2)
+    _write(src / "d" / "f0007", b"changed")
+    _snap, s, _a = _backup(repo, src, read_processes=2)
+    assert s.files_read == 1 and s.files_changed == 1 and s.data_blobs == 1
+
+
+@pytest.mark.skipif(ROOT, reason="root lists every directory")
+def test_unlistable_directory_is_reported(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _write(src / "ok" / "f", b"f")
+    _write(src / "closed" / "g", b"g")
+    os.chmod(src / "closed", 0)
+    try:
+        _snap, s, a = _backup(_repo(tmp_path / "r"), src, read_processes=2)
+    finally:
+        os.chmod(src / "closed", 0o700)
+    assert s.errors == 1 and a.errors[0].path == str(src / "closed") and s.files_new == 1
+
+
+def _readers_of_this_process() -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"orbitvault.client.readers" in cmd:
+                pids.append(int(pid))
+    return pids
+
+
+def test_killed_reader_fails_the_backup_and_the_next_one_completes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(1500):
+        _write(src / f"d{i % 300:03}" / f"f{i}", os.urandom(3000))
+    repo = _repo(tmp_path / "r")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _backup(repo, src, read_processes=2)
+        except BaseException as e:
+            failure.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not (pids := _readers_of_this_process()) and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert pids, "the backup never started its readers"
+    os.kill(pids[0], 9)
+    t.join(timeout=30)
+    assert not t.is_alive(), "the backup hung on a dead reader"
+    assert len(failure) == 1 and isinstance(failure[0], OrbitVaultError) and "reader process" in str(failure[0])
+    assert _readers_of_this_process() == []  # the other reader was stopped too
+    _snap, s, _a = _backup(repo, src, read_processes=2)
+    assert s.errors == 0 and s.files_new == 1500
