@@ -88,9 +88,9 @@ class BackupOptions:
     time: datetime | None = None
     max_inflight: int = 8
     inline_limit: int = 128 * 1024
-    # Reader processes (None: 2 on a machine with 2+ cores, else 0), started once `readers_after`
-    # small files were read by the walk itself (None: 512, so small backups never pay for
-    # starting them; 0 when read_processes is given).
+    # Reader processes (None: 2 on a machine with 2+ cores, else 0), started once the walk itself
+    # read `readers_after` small files (None: 512, so small backups never pay for starting them;
+    # 0 when read_processes is given), and at least half of the files it saw lately.
     read_processes: int | None = None
     readers_after: int | None = None
     # NAME[:HEADER] specs: a directory holding NAME keeps only NAME (restic's --exclude-if-present)
@@ -172,6 +172,10 @@ def _default_processes() -> int:
 _KINDS = {"d": "dir", "l": "symlink", "f": "file"}
 # A file that had grown past inline_limit x this when a scan read it is read like a large file.
 _MAX_FILE_FACTOR = 8
+# Reader processes pay off when most files need reading (a first backup, a new tree), not for a
+# re-backup with changes spread thin: they start when, within a window of this many files, at
+# least half were read (and readers_after of them).
+_WINDOW = 4096
 
 
 def node_from_entry(entry: Entry) -> Node:
@@ -261,7 +265,10 @@ class Archiver:
             self._readers_after = opts.readers_after
         else:
             self._readers_after = 512 if opts.read_processes is None else 0
-        self._small_inline = 0
+        # Files seen and small files read by the walk itself, per window of _WINDOW files: readers
+        # start when a window reads readers_after small files and at least half of what it sees.
+        self._window_seen = 0
+        self._window_read = 0
         self._scans: dict[str, Scan] = {}  # requested from the readers, not yet walked
         self.parent: Snapshot | None = None
         # progress, read by the CLI's progress display (approximate while running)
@@ -508,8 +515,9 @@ class Archiver:
     # --- reader processes ------------------------------------------------------------------
 
     def _start_readers(self) -> None:
-        """Start the reader processes once the walk itself has read enough small files."""
-        if not self._read_processes or self._small_inline < self._readers_after:
+        """Start the reader processes once the walk itself reads enough small files, densely."""
+        w_read, w_seen = self._window_read, self._window_seen
+        if not self._read_processes or w_read < self._readers_after or 2 * w_read < w_seen:
             return
         repo = self.repo
         try:
@@ -701,9 +709,12 @@ class Archiver:
             self.summary.total_files_processed += 1
             self.summary.total_bytes_processed += node.size
         how = entry[6]
+        self._window_seen += 1
+        if self._window_seen > _WINDOW:
+            self._window_seen = self._window_read = 0
         if how == "new":
             node.content, node.size = entry[7], entry[8]
-            self._small_inline += 1
+            self._window_read += 1
             self._count_read(node.size)
             self._count_file(node, prev, prev is not None and prev.content == node.content)
             return node

@@ -127,7 +127,7 @@ class OrbitBackend:
             raise AlreadyExists(f"a repository already exists at {self.url}")
 
     def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        self._client.put(self.bucket, name, bytes(data))
+        self._client.put(self.bucket, name, data)  # sent 1 MiB at a time: no copy of a whole pack
         self._cache_store(name, data)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -184,9 +184,22 @@ class OrbitBackend:
 
     def restore_objects(self, names: Iterable[str], *, keep_for_ms: int = RESTORE_KEEP_MS) -> RestoreEta:
         """RestoreObject each name (idempotent: a restore under way is only reported) and return
-        which are still pending and the ETA of the last one, on the gateway's clock."""
+        which are still pending and the ETA of the last one, on the gateway's clock.
+
+        The gateway plans all restores in progress together, so a new request can move the ones
+        asked before it: once several are pending, their ETAs are read again from the plan that
+        holds them all (asking again does not re-plan), or the ETA could be a pass early."""
         status = self._client.gateway_status()
         names = list(names)
+        pending, eta, bound, ready = self._restore_round(names, keep_for_ms)
+        if len(pending) > 1:
+            again, eta, bound, later = self._restore_round(pending, keep_for_ms)
+            pending, ready = again, max(ready, later)
+        return RestoreEta(
+            len(names), tuple(pending), eta, bound, status.gateway_time_unix_ms, status.simulated_clock, ready
+        )
+
+    def _restore_round(self, names: list[str], keep_for_ms: int) -> tuple[list[str], int, int, int]:
         pending: list[str] = []
         eta = bound = ready = 0
         for name in names:
@@ -199,9 +212,7 @@ class OrbitBackend:
                 # A restored copy is kept `keep_for_ms` from the moment it became readable: that
                 # moment, exact even when this poll comes a few passes later on a fast clock.
                 ready = max(ready, st.expires_unix_ms - keep_for_ms)
-        return RestoreEta(
-            len(names), tuple(pending), eta, bound, status.gateway_time_unix_ms, status.simulated_clock, ready
-        )
+        return pending, eta, bound, ready
 
     # --- cache ------------------------------------------------------------------------------------
 

@@ -74,3 +74,37 @@ def test_open_backend_urls(tmp_path: Path) -> None:
         open_backend("")
     loc = parse_orbit_url("orbit://[::1]:7000/b-1")
     assert (loc.host, loc.port, loc.bucket) == ("::1", 7000, "b-1")
+
+
+class _Replanning:
+    """A scheduled gateway in miniature: every new restore re-plans all of them, and the plan
+    serves the objects in its own order (here: names descending), so a new one can move the
+    objects asked before it to a later window."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def gateway_status(self) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(gateway_time_unix_ms=1000, simulated_clock=True)
+
+    def restore(self, bucket: str, key: str, *, keep_for_ms: int = 0) -> object:
+        from orbitvault.client.sdk import RestoreStatus
+
+        if key not in self.jobs:
+            self.jobs.append(key)  # a new restore: planned with the others
+        order = sorted(self.jobs, reverse=True)
+        return RestoreStatus(False, 1100 + 100 * order.index(key), 0, 1000)
+
+
+def test_restore_eta_is_read_from_the_plan_holding_every_object() -> None:
+    from orbitvault.client.backend_orbit import OrbitBackend
+
+    gw = _Replanning()
+    backend = OrbitBackend("orbit://127.0.0.1:1/b", client=gw)
+    eta = backend.restore_objects(["data/aa", "data/bb", "data/cc"])
+    assert eta.pending == ("data/aa", "data/bb", "data/cc")
+    # Each was told 1100 when asked; in the plan holding all three the first one comes last.
+    assert eta.eta_unix_ms == 1300
+    assert backend.restore_objects(["data/aa"]).eta_unix_ms == 1300  # polling re-plans nothing

@@ -148,8 +148,8 @@ def test_killed_reader_fails_the_backup_and_the_next_one_completes(tmp_path: Pat
     failure: list[BaseException] = []
 
     def run() -> None:
-        try:
-            _backup(repo, src, read_processes=2)
+        try:  # slowed by its uploads, so it cannot finish before the kill, however loaded the machine
+            _backup(repo, src, read_processes=2, limit_upload_kib=64)
         except BaseException as e:
             failure.append(e)
 
