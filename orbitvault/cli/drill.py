@@ -417,9 +417,12 @@ class Drill:
         for _ in range(50):  # the gateway logs its plan for the finished backup within milliseconds
             log = self.gateway_log()
             stored = next((e for e in log.stored() if e.fields.get("key") == snap_key), None)
-            predicted = log.plan_after(stored, settled=log.last_forgotten()) if stored is not None else None
-            if predicted is not None:
-                break
+            # The backup's locks are deleted as it ends: the prediction is the first plan without them.
+            settled = log.settled("locks/")
+            if stored is not None and settled is not None:
+                predicted = log.plan_after(stored, settled=settled)
+                if predicted is not None:
+                    break
             time.sleep(0.1)
         self.saved_at, self.predicted_durable = saved, predicted
         self.report["backup"] = summary

@@ -167,9 +167,17 @@ class GatewayLog:
                 return at or None
         return None
 
-    def last_forgotten(self) -> int:
-        """Line of the last `object forgotten` (an object deleted from the spool), -1 if none."""
-        return max((e.seq for e in self.named("object forgotten")), default=-1)
+    def settled(self, prefix: str) -> int | None:
+        """Line from which no object stored under key `prefix` (a backup's `locks/`) is in the
+        executor's backlog any more: the last `object forgotten` of those it adopted (-1: none
+        adopted); None while one it adopted is still there (its delete not yet seen by the
+        executor). One never adopted was deleted before the executor saw it: no plan had it."""
+        versions = {e.fields.get("version") for e in self.stored() if str(e.fields.get("key", "")).startswith(prefix)}
+        adopted = {e.fields.get("object") for e in self.named("object adopted")} & versions
+        gone = {e.fields.get("object"): e.seq for e in self.named("object forgotten")}
+        if any(v not in gone for v in adopted):
+            return None
+        return max((gone[v] for v in adopted), default=-1)
 
     def shards_rebuilt(self, after_seq: int = -1) -> int:
         """Shards the repair coordinator rebuilt (its sweeps' reports) after line `after_seq`."""

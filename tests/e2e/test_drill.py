@@ -63,7 +63,10 @@ def test_drill_on_a_small_tree(tmp_path: Path) -> None:
 
     rpo, rto = report["rpo"], report["rto"]
     assert rpo["achieved_s"] > 0 and rpo["predicted_s"] is not None
-    assert abs(rpo["achieved_s"] - rpo["predicted_s"]) <= 1  # the uplink went as planned
+    # The promise held. It may be beaten: a plan made later, from where the shards really went,
+    # can find an earlier pass than the greedy plan made when the backup ended (one pass early
+    # in about one run in five under heavy load).
+    assert rpo["achieved_s"] <= rpo["predicted_s"] + 1
     assert [p["phase"] for p in rto["phases"]] == ["metadata", "trees", "data"]
     assert all(p["pending"] > 0 for p in rto["phases"])  # after the site loss everything came down
     assert rto["achieved_s"] > 0 and abs(rto["achieved_s"] - rto["predicted_s"]) <= 1

@@ -289,19 +289,31 @@ def test_the_plan_for_an_object_is_the_first_made_after_the_executor_adopted_it(
     assert log.plan_after(next(log.named("object stored"))) == 3090.0
 
 
-def test_the_plan_for_a_backup_is_made_after_its_lock_left_the_backlog() -> None:
-    """A backup deletes its lock last; plans made while the lock was still queued predict the
-    backlog with it, which may need one more pass than the backup itself."""
+def test_the_plan_for_a_backup_is_made_after_its_locks_left_the_backlog() -> None:
+    """A backup deletes its lock last (and a long one has replaced it meanwhile); plans made
+    while a lock was still queued predict the backlog with it, which may need one more pass."""
     plan = "store plan items=%d transfers=%d durable_at=%s lost=%s planning_ms=%.1f"
+    stored = "object stored tenant=%s bucket=%s key=%r version=%s bytes=%d ms=%.0f"
     lines = [
-        _format("object stored tenant=%s bucket=%s key=%r version=%s bytes=%d ms=%.0f", "t", "b", "s", "ab" * 8, 9, 1),
+        _format(stored, "t", "b", "locks/1", "c1" * 8, 9, 1),
+        _format("object adopted object=%s", "c1" * 8),
+        _format(stored, "t", "b", "locks/2", "c2" * 8, 9, 1),  # the refreshed lock
+        _format("object adopted object=%s", "c2" * 8),
+        _format(stored, "t", "b", "locks/3", "c3" * 8, 9, 1),  # deleted before the executor saw it
+        _format("object forgotten object=%s", "c1" * 8),
+        _format(stored, "t", "b", "s", "ab" * 8, 9, 1),
         _format("object adopted object=%s", "ab" * 8),
-        _format(plan, 9, 9, 4983.0, "-", 1.0),  # the lock still queued
-        _format("object forgotten object=%s", "cd" * 8),
+        _format(plan, 9, 9, 4983.0, "-", 1.0),  # the refreshed lock still queued
+    ]
+    log = GatewayLog(e for i, line in enumerate(lines) if (e := parse_line(line, i)) is not None)
+    snap = next(e for e in log.named("object stored") if e.fields.get("key") == "s")
+    assert log.plan_after(snap) == 4983.0
+    assert log.settled("locks/") is None  # the drill waits: locks/2 is still in the backlog
+    lines += [
+        _format("object forgotten object=%s", "c2" * 8),
         _format(plan, 8, 8, 3893.0, "-", 1.0),
     ]
     log = GatewayLog(e for i, line in enumerate(lines) if (e := parse_line(line, i)) is not None)
-    stored = next(log.named("object stored"))
-    assert log.plan_after(stored) == 4983.0
-    assert log.last_forgotten() == 3
-    assert log.plan_after(stored, settled=log.last_forgotten()) == 3893.0
+    assert log.settled("locks/") == 9
+    assert log.plan_after(snap, settled=log.settled("locks/")) == 3893.0
+    assert log.settled("nothing/") == -1
