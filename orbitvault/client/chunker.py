@@ -107,6 +107,9 @@ class Chunker:
     def chunk_bytes(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         if not data:
             return
+        if len(data) <= self.params.min_size:  # FastCDC never cuts below min_size: one chunk
+            yield memoryview(data)
+            return
         for c in self._cdc().cut_buf(data):
             yield c.data
 

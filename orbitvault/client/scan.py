@@ -41,6 +41,7 @@ _O_NOATIME = getattr(os, "O_NOATIME", 0)
 # O_NONBLOCK: a file swapped for a FIFO since its lstat fails the S_ISREG check instead of
 # blocking the open until a writer comes (regular files ignore the flag).
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Entry = tuple[Any, ...]
 PrevSig = tuple[int, int, int, int]  # a parent-snapshot file: size, mtime_ns, ctime_ns, inode
@@ -122,13 +123,13 @@ def stat_fields(st: os.stat_result) -> tuple[int, ...]:
     )
 
 
-def open_source(path: str) -> tuple[int, os.stat_result]:
+def open_source(path: str, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
     """A file to back up, opened for reading: never through a symlink, without updating its
     atime where allowed, and only if it is still a regular file. The caller closes the fd."""
     try:
-        fd = os.open(path, _READ_FLAGS | _O_NOATIME)
+        fd = os.open(path, _READ_FLAGS | _O_NOATIME, dir_fd=dir_fd)
     except PermissionError:
-        fd = os.open(path, _READ_FLAGS)  # O_NOATIME needs ownership
+        fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)  # O_NOATIME needs ownership
     try:
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode):
@@ -164,9 +165,10 @@ class Scanner:
         self.excluder = PathMatcher(settings.excludes, settings.iexcludes)
         self.tag_files = tag_files(settings.exclude_if_present, exclude_caches=settings.exclude_caches)
 
-    def read_file(self, path: str) -> tuple[list[bytes], int]:
-        """Chunk ids and size of a file; raises Grown past `max_file` (memory stays bounded)."""
-        fd, fst = open_source(path)
+    def read_file(self, path: str, dir_fd: int | None = None) -> tuple[list[bytes], int]:
+        """Chunk ids and size of a file (`path` relative to `dir_fd` when given); raises Grown
+        past `max_file` (memory stays bounded)."""
+        fd, fst = open_source(path, dir_fd)
         try:
             if fst.st_size > self.max_file:
                 raise Grown
@@ -201,6 +203,21 @@ class Scanner:
         """The entries of `names` in directory `path` (byte order); `select`: apply the
         excludes (the backup's own targets are not excluded)."""
         base = path.rstrip("/")
+        # Names are looked up from the directory's descriptor: one path component each, not
+        # the whole path again (where the directory cannot be opened, full paths say why).
+        try:
+            dfd: int | None = os.open(base or "/", _DIR_FLAGS)
+        except OSError:
+            dfd = None
+        try:
+            yield from self._entries(base, names, prev, select, dfd)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+
+    def _entries(
+        self, base: str, names: list[str], prev: dict[str, PrevSig] | None, select: bool, dfd: int | None
+    ) -> Iterator[Entry]:
         s = self.settings
         excluder = self.excluder if select else None
         users = self.names
@@ -209,8 +226,9 @@ class Scanner:
             full = f"{base}/{name}"
             if excluder and excluder.match(full):
                 continue
+            at = full if dfd is None else name
             try:
-                st = os.lstat(full)
+                st = os.lstat(at, dir_fd=dfd)
                 fmt = stat.S_IFMT(st.st_mode)
                 if fmt == stat.S_IFREG:
                     if limit is not None and st.st_size > limit:
@@ -218,7 +236,7 @@ class Scanner:
                 elif fmt != stat.S_IFDIR and fmt != stat.S_IFLNK:
                     yield ("s", name)
                     continue
-                target = os.readlink(full) if fmt == stat.S_IFLNK else None
+                target = os.readlink(at, dir_fd=dfd) if fmt == stat.S_IFLNK else None
                 xattrs = read_xattrs(full)
             except OSError as e:
                 yield ("e", name, e.errno or 0, e.strerror or str(e))
@@ -243,7 +261,7 @@ class Scanner:
                 yield ("f", name, fields, user, group, xattrs, "large", None, 0)
             else:
                 try:
-                    ids, got = self.read_file(full)
+                    ids, got = self.read_file(at, dfd)
                 except Grown:
                     yield ("f", name, fields, user, group, xattrs, "large", None, 0)
                     continue
