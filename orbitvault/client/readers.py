@@ -13,7 +13,7 @@ byte order), so the scan the walk needs next is usually done. Dedupe stays exact
 each content once, and the walking process claims every blob id before packing it (a reader's
 seal of a blob that is already stored is dropped there).
 
-Protocol, over the reader's stdin and stdout, one frame = 4-byte little-endian length + pickle:
+Protocol, over the reader's stdin and stdout, in frames (`pipes.py`):
 
 - main -> reader: the setup (raw master key, chunker parameters, zstd level, largest file it
   reads, the scan settings); then requests (path, {name: parent-snapshot signature}); the end of
@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import heapq
 import itertools
 import os
-import pickle
 import queue
 import signal
 import subprocess
@@ -49,57 +47,13 @@ from typing import Any
 from orbitvault.client.chunker import Chunker, ChunkerParams
 from orbitvault.client.crypto import MasterKey
 from orbitvault.client.pack import BlobCodec, BlobType
+from orbitvault.client.pipes import read_frame, widen, write_frame
 from orbitvault.client.scan import Entry, PrevSig, Scanner, ScanSettings
 from orbitvault.client.tree import name_key
 from orbitvault.errors import OrbitVaultError
 
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_PIPE_SIZE = 1 << 20
-_HEADER = 4
 _PART_BYTES = 2 << 20
 _PART_ENTRIES = 256
-
-
-# --- framing ---------------------------------------------------------------------------------
-
-
-def _write_frame(fd: int, obj: Any) -> None:
-    body = pickle.dumps(obj, protocol=5)
-    mv = memoryview(len(body).to_bytes(_HEADER, "little") + body)
-    while mv:
-        mv = mv[os.write(fd, mv) :]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    """n bytes, or None at end of stream before the first byte; a cut frame is an error."""
-    buf = bytearray(n)
-    mv = memoryview(buf)
-    got = 0
-    while got < n:
-        k = os.readv(fd, [mv[got:]])
-        if k == 0:
-            if got == 0:
-                return None
-            raise EOFError("stream cut inside a frame")
-        got += k
-    return bytes(buf)
-
-
-def _read_frame(fd: int) -> Any:
-    """The next object; None at the end of the stream."""
-    head = _read_exact(fd, _HEADER)
-    if head is None:
-        return None
-    body = _read_exact(fd, int.from_bytes(head, "little"))
-    if body is None:
-        raise EOFError("stream cut inside a frame")
-    return pickle.loads(body)
-
-
-def _widen(fd: int) -> None:
-    """A 1 MiB pipe: a part crosses in one or two writes instead of sixteen."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 # --- the reader process ----------------------------------------------------------------------
@@ -130,7 +84,7 @@ class _Reader:
         self.blob_bytes += len(enc.sealed)
 
     def _part(self, entries: list[Entry]) -> None:
-        _write_frame(self.out, ("p", entries, self.blobs))
+        write_frame(self.out, ("p", entries, self.blobs))
         self.blobs, self.blob_bytes = [], 0
 
     def scan(self, path: str, prev: dict[str, PrevSig] | None) -> None:
@@ -147,15 +101,15 @@ class _Reader:
             error = (e.errno or 0, e.strerror or str(e))
         if entries or self.blobs:
             self._part(entries)
-        _write_frame(self.out, ("end", warnings, error))
+        write_frame(self.out, ("end", warnings, error))
 
 
 def serve(inp: int, out: int) -> int:
     """The reader's loop: setup, then requests until the end of `inp`. Requests are read by a
     thread of their own, so the walking process never blocks writing one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _widen(out)
-    setup = _read_frame(inp)
+    widen(out)
+    setup = read_frame(inp)
     if setup is None:
         return 0
     reader = _Reader(setup, out)
@@ -163,7 +117,7 @@ def serve(inp: int, out: int) -> int:
 
     def take() -> None:
         try:
-            while (req := _read_frame(inp)) is not None:
+            while (req := read_frame(inp)) is not None:
                 requests.put(req)
         finally:
             requests.put(None)
@@ -209,10 +163,10 @@ class _Worker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.inp = self.proc.stdin.fileno()
         self.out = self.proc.stdout.fileno()
-        _widen(self.inp)
+        widen(self.inp)
         self.sent: deque[Scan] = deque()  # oldest first
         self.thread: threading.Thread | None = None
-        _write_frame(self.inp, setup)
+        write_frame(self.inp, setup)
 
 
 class ReaderPool:
@@ -289,7 +243,7 @@ class ReaderPool:
         self._out += 1
         w.sent.append(scan)
         try:
-            _write_frame(w.inp, (scan.path, sigs))
+            write_frame(w.inp, (scan.path, sigs))
         except OSError as e:
             self._fail(OrbitVaultError(f"a reader process is gone ({e.strerror or e})"))
 
@@ -313,7 +267,7 @@ class ReaderPool:
     def _collect(self, w: _Worker) -> None:
         try:
             while True:
-                msg = _read_frame(w.out)
+                msg = read_frame(w.out)
                 if msg is None:
                     if w.sent or not self._closed:
                         code = w.proc.wait()

@@ -149,15 +149,19 @@ def test_killed_reader_fails_the_backup_and_the_next_one_completes(tmp_path: Pat
 
     def run() -> None:
         try:  # slowed by its uploads, so it cannot finish before the kill, however loaded the machine
-            _backup(repo, src, read_processes=2, limit_upload_kib=64)
+            _backup(repo, src, read_processes=2, limit_upload_kib=256)
         except BaseException as e:
             failure.append(e)
 
     t = threading.Thread(target=run)
     t.start()
+    # Once packs are stored, the readers have been answering (a reader that dies before it
+    # starts only makes the backup read in one process, with a warning).
+    packs = tmp_path / "r" / "data"
     deadline = time.monotonic() + 20
-    while not (pids := _readers_of_this_process()) and t.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.001)
+    while not any(p.is_file() for p in packs.rglob("*")) and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    pids = _readers_of_this_process()
     assert pids, "the backup never started its readers"
     os.kill(pids[0], 9)
     t.join(timeout=30)
