@@ -534,6 +534,12 @@ def ls_cmd(
 @click.option("--verify", is_flag=True, help="Re-read restored files and compare them with the snapshot.")
 @click.option("--sparse/--no-sparse", default=True, show_default=True, help="Leave holes for all-zero chunks.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be restored.")
+@click.option(
+    "--write-processes",
+    type=click.IntRange(0, 64),
+    help="Processes that decrypt and write the contents (default: 2 on a machine with 2+ cores "
+    "for 2000+ blobs; 0: none).",
+)
 def restore(
     ctx: Ctx,
     snapshot_id: str,
@@ -545,6 +551,7 @@ def restore(
     verify: bool,
     sparse: bool,
     dry_run: bool,
+    write_processes: int | None,
     hosts: tuple[str, ...],
     tags: tuple[str, ...],
     paths: tuple[str, ...],
@@ -586,6 +593,7 @@ def restore(
         verify=verify,
         sparse=sparse,
         dry_run=dry_run,
+        processes=write_processes,
     )
     if stager is not None and not dry_run:
         with _staging_display(ctx) as on_event:

@@ -16,13 +16,21 @@ _HEADER = 4
 
 
 def write_frame(fd: int, obj: Any) -> None:
-    body = pickle.dumps(obj, protocol=5)
-    mv = memoryview(len(body).to_bytes(_HEADER, "little") + body)
-    while mv:
-        mv = mv[os.write(fd, mv) :]
+    body = memoryview(pickle.dumps(obj, protocol=5))
+    head = len(body).to_bytes(_HEADER, "little")
+    sent = os.writev(fd, [head, body])  # no joined copy of a multi-MiB body
+    if sent < _HEADER:
+        head, sent = head[sent:], 0
+        while head:
+            head = head[os.write(fd, head) :]
+    else:
+        sent -= _HEADER
+    rest = body[sent:]
+    while rest:
+        rest = rest[os.write(fd, rest) :]
 
 
-def _read_exact(fd: int, n: int) -> bytes | None:
+def _read_exact(fd: int, n: int) -> bytearray | None:
     """n bytes, or None at end of stream before the first byte; a cut frame is an error."""
     buf = bytearray(n)
     mv = memoryview(buf)
@@ -34,7 +42,7 @@ def _read_exact(fd: int, n: int) -> bytes | None:
                 return None
             raise EOFError("stream cut inside a frame")
         got += k
-    return bytes(buf)
+    return buf
 
 
 def read_frame(fd: int) -> Any:

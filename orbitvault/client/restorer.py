@@ -27,12 +27,13 @@ import errno
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orbitvault.client.backend import LocalBackend
 from orbitvault.client.filters import PathMatcher, could_contain_match
 from orbitvault.client.pack import PackEntry
 from orbitvault.client.repository import Repository
@@ -43,6 +44,8 @@ from orbitvault.errors import OrbitVaultError
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MERGE_GAP = 1 << 20
 _BATCH_REFS = 200_000
+_PROCESSES_FROM = 2000  # blobs to write: below that, starting writer processes costs more than it saves
+_READ_AHEAD = 4  # packs read ahead of the writers
 
 
 @dataclass
@@ -57,6 +60,9 @@ class RestoreOptions:
     owner: bool | None = None
     workers: int = 3
     dry_run: bool = False
+    # Writer processes (writers.py) for the contents: None = 2 on a machine with 2+ cores when
+    # the restore writes at least 2000 blobs, else none; 0 = threads only.
+    processes: int | None = None
 
 
 @dataclass
@@ -82,12 +88,12 @@ class RestoreError:
 
 
 @dataclass(slots=True, eq=False)
-class _File:
+class RestoreFile:
     path: tuple[str, ...]
     node: Node
     remaining: int = 0
     failed: bool = False
-    link_to: _File | None = None
+    link_to: RestoreFile | None = None
     single: bool = False  # one blob: created, written and finished by one worker in one go
 
 
@@ -95,7 +101,24 @@ def _display(path: tuple[str, ...]) -> str:
     return "/" + "/".join(path)
 
 
-class _FdCache:
+_Group = list[tuple[PackEntry, list[tuple[RestoreFile, int]]]]
+
+
+def _groups(blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]) -> list[_Group]:
+    """A pack's needed blobs in offset order, merged into ranged reads (gaps under 1 MiB are
+    read and skipped)."""
+    ranges: list[_Group] = []
+    for ent in sorted(blobs.values(), key=lambda t: t[0].offset):
+        if ranges:
+            last = ranges[-1][-1][0]
+            if ent[0].offset - (last.offset + last.length) <= _MERGE_GAP:
+                ranges[-1].append(ent)
+                continue
+        ranges.append([ent])
+    return ranges
+
+
+class FdCache:
     """Reference-counted LRU of open descriptors shared by the worker threads."""
 
     def __init__(self, opener: Callable[[tuple[str, ...]], int], cap: int) -> None:
@@ -162,13 +185,15 @@ class Restorer:
         self.bytes_done = 0
         self._lock = threading.Lock()
         self._root_fd = -1
-        self._dirs: _FdCache | None = None
-        self._files: _FdCache | None = None
+        self._dirs: FdCache | None = None
+        self._files: FdCache | None = None
         self._dir_nodes: dict[tuple[str, ...], Node] = {}
         self._created_dirs: list[tuple[str, ...]] = []
         self._created_set: set[tuple[str, ...]] = set()
         self._umask_cleared = False
         self._ids = (os.geteuid(), os.getegid())
+        self._writers: Any = None  # writers.WriterPool while contents are written by processes
+        self._writer_files: dict[int, RestoreFile] = {}
 
     # --- public ----------------------------------------------------------------------------
 
@@ -185,8 +210,8 @@ class Restorer:
             return self.summary
         os.makedirs(self.opts.target, exist_ok=True)
         self._root_fd = os.open(self.opts.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._dirs = _FdCache(self._open_dir, 128)
-        self._files = _FdCache(self._open_file, 256)
+        self._dirs = FdCache(self._open_dir, 128)
+        self._files = FdCache(self._open_file, 256)
         # With umask 0 a file is created with its final permission bits, which saves a chmod per
         # file (the descriptor is writable whatever the mode).
         old_umask = os.umask(0)
@@ -336,10 +361,10 @@ class Restorer:
             self._replace(parent, name)
             return os.open(name, flags, mode, dir_fd=parent)
 
-    def _create(self, items: list[tuple[str, tuple[str, ...], Node, bool]]) -> list[_File]:
+    def _create(self, items: list[tuple[str, tuple[str, ...], Node, bool]]) -> list[RestoreFile]:
         assert self._dirs is not None and self._files is not None
-        files: list[_File] = []
-        primaries: dict[tuple[int, int], _File] = {}
+        files: list[RestoreFile] = []
+        primaries: dict[tuple[int, int], RestoreFile] = {}
         for kind, path, node, selected in items:
             if kind == "dir":
                 self._dir_nodes[path] = node
@@ -363,7 +388,7 @@ class Restorer:
                     self._symlink_metadata(parent, path[-1], node)
                     self.summary.symlinks_restored += 1
                 elif kind == "file":
-                    f = _File(path, node)
+                    f = RestoreFile(path, node)
                     key = (node.device_id, node.inode)
                     if node.links > 1 and key in primaries:
                         f.link_to = primaries[key]
@@ -395,21 +420,53 @@ class Restorer:
 
     # --- contents --------------------------------------------------------------------------
 
-    def _restore_contents(self, files: list[_File]) -> None:
-        batch: list[_File] = []
-        refs = 0
-        for f in files:
-            batch.append(f)
-            refs += f.remaining
-            if refs >= _BATCH_REFS:
-                self._restore_batch(batch)
-                batch, refs = [], 0
-        if batch:
-            self._restore_batch(batch)
+    def _restore_contents(self, files: list[RestoreFile]) -> None:
+        processes = self._processes(sum(f.remaining for f in files))
+        if processes:
+            from orbitvault.client.writers import WriterPool  # imports this module
 
-    def _restore_batch(self, files: list[_File]) -> None:
+            backend = self.repo.backend
+            try:
+                self._writers = WriterPool(
+                    key=self.repo.key,
+                    local=str(backend.root) if isinstance(backend, LocalBackend) else None,
+                    target=self.opts.target,
+                    sparse=self.opts.sparse,
+                    owner=self.owner,
+                    processes=processes,
+                    on_answer=self._writer_answer,
+                )
+            except OSError:
+                self._writers = None  # no processes to be had: the threads do it
+        try:
+            batch: list[RestoreFile] = []
+            refs = 0
+            for f in files:
+                batch.append(f)
+                refs += f.remaining
+                if refs >= _BATCH_REFS:
+                    self._restore_batch(batch)
+                    batch, refs = [], 0
+            if batch:
+                self._restore_batch(batch)
+        except BaseException:
+            if self._writers is not None:
+                self._writers.kill()
+                self._writers = None
+            raise
+        if self._writers is not None:
+            self._writers.close()
+            self._writers = None
+
+    def _processes(self, refs: int) -> int:
+        n = self.opts.processes
+        if n is None:
+            return 2 if (os.cpu_count() or 1) >= 2 and refs >= _PROCESSES_FROM else 0
+        return max(0, n) if refs else 0
+
+    def _restore_batch(self, files: list[RestoreFile]) -> None:
         index = self.repo.index
-        plan: dict[bytes, dict[bytes, tuple[PackEntry, list[tuple[_File, int]]]]] = {}
+        plan: dict[bytes, dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]] = {}
         for f in files:
             offset = 0
             for bid in f.node.content or []:
@@ -430,51 +487,114 @@ class Restorer:
         for f in files:
             if f.remaining == 0:
                 self._finish_file(f)
+        if self._writers is not None:
+            self._restore_by_writers(plan, files)
+            return
         with ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="restore") as pool:
             for fut in [pool.submit(self._restore_pack, pid, blobs) for pid, blobs in plan.items()]:
                 fut.result()
 
-    def _restore_pack(self, pack_id: bytes, blobs: dict[bytes, tuple[PackEntry, list[tuple[_File, int]]]]) -> None:
-        entries = sorted(blobs.values(), key=lambda t: t[0].offset)
-        name = self.repo.pack_name(pack_id)
-        # Merge neighbouring blobs into ranged reads (gaps under 1 MiB are read and skipped).
-        ranges: list[list[tuple[PackEntry, list[tuple[_File, int]]]]] = []
-        for ent in entries:
-            if ranges:
-                last = ranges[-1][-1][0]
-                if ent[0].offset - (last.offset + last.length) <= _MERGE_GAP:
-                    ranges[-1].append(ent)
-                    continue
-            ranges.append([ent])
-        for group in ranges:
-            start = group[0][0].offset
-            end = group[-1][0].offset + group[-1][0].length
-            try:
-                buf = memoryview(self.repo.backend.get(name, start, end - start))
-                if len(buf) != end - start:
-                    raise OrbitVaultError(f"pack {pack_id.hex()}: short read")
-            except OrbitVaultError as e:
-                for entry, targets in group:
-                    self._blob_failed(entry, targets, e)
-                continue
-            for entry, targets in group:
-                try:
-                    data = self.repo.codec.decode(
-                        entry, buf[entry.offset - start : entry.offset - start + entry.length]
-                    )
-                except OrbitVaultError as e:
-                    self._blob_failed(entry, targets, OrbitVaultError(f"pack {pack_id.hex()}: {e}"))
-                    continue
-                self._write_blob(data, targets)
+    def _restore_by_writers(
+        self, plan: dict[bytes, dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]], files: list[RestoreFile]
+    ) -> None:
+        """The writer processes get each pack's blobs and their targets. A local repository they
+        read themselves; from any other, packs are read here (a few ahead, on the pool: a remote
+        read waits on the network) and the bytes go along."""
+        fids = {id(f): i for i, f in enumerate(files)}
+        self._writer_files = dict(enumerate(files))
+        local = isinstance(self.repo.backend, LocalBackend)
 
-    def _blob_failed(self, entry: PackEntry, targets: list[tuple[_File, int]], err: BaseException) -> None:
+        def read(pack_id: bytes, blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]) -> list[Any]:
+            out = []
+            for group in _groups(blobs):
+                buf = None if local else self._read_group(pack_id, group)  # a failed read fails its files here
+                if local or buf is not None:
+                    entries = [
+                        (
+                            (e.type, e.flags, e.offset, e.length, e.raw_length, e.id),
+                            [(fids[id(f)], off) for f, off in targets],
+                        )
+                        for e, targets in group
+                    ]
+                    out.append((entries, None if buf is None else buf.obj))
+            return out
+
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="restore-read") as pool:
+            ahead: deque[tuple[bytes, Future[list[Any]]]] = deque()
+            for pack_id, blobs in plan.items():
+                ahead.append((pack_id, pool.submit(read, pack_id, blobs)))
+                if len(ahead) >= _READ_AHEAD:
+                    self._hand_over(*ahead.popleft())
+            while ahead:
+                self._hand_over(*ahead.popleft())
+        self._writers.drain()
+
+    def _hand_over(self, pack_id: bytes, fut: Future[list[Any]]) -> None:
+        groups = fut.result()
+        if groups:
+            self._writers.submit(pack_id, groups, self._writer_files)
+
+    def _writer_answer(self, answer: tuple[list[int], list[int], list[tuple[str, str]], int, int]) -> None:
+        """Result thread: a writer's job done; multi-blob files are finished here, at their last blob."""
+        touched, failed, errors, nbytes, sparse = answer
+        files = self._writer_files
+        for path, message in errors:
+            self._error(path, message)
+        with self._lock:
+            self.summary.bytes_restored += nbytes
+            self.summary.bytes_sparse += sparse
+            self.bytes_done += nbytes
+        for fid in failed:
+            files[fid].failed = True
+        for fid in touched:
+            f = files[fid]
+            if f.single:
+                with self._lock:
+                    f.remaining = 0
+            else:
+                self._done_one(f)
+
+    def _restore_pack(
+        self, pack_id: bytes, blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]
+    ) -> None:
+        for group in _groups(blobs):
+            buf = self._read_group(pack_id, group)
+            if buf is not None:
+                self._write_group(pack_id, group, buf)
+
+    def _read_group(self, pack_id: bytes, group: _Group) -> memoryview | None:
+        """The bytes of one ranged read; None when it failed (its files are marked failed)."""
+        start = group[0][0].offset
+        end = group[-1][0].offset + group[-1][0].length
+        try:
+            buf = memoryview(self.repo.backend.get(self.repo.pack_name(pack_id), start, end - start))
+            if len(buf) != end - start:
+                raise OrbitVaultError(f"pack {pack_id.hex()}: short read")
+        except OrbitVaultError as e:
+            for entry, targets in group:
+                self._blob_failed(entry, targets, e)
+            return None
+        return buf
+
+    def _write_group(self, pack_id: bytes, group: _Group, buf: memoryview) -> None:
+        """Open, decompress and verify each blob of a ranged read, and write it where it goes."""
+        start = group[0][0].offset
+        for entry, targets in group:
+            try:
+                data = self.repo.codec.decode(entry, buf[entry.offset - start : entry.offset - start + entry.length])
+            except OrbitVaultError as e:
+                self._blob_failed(entry, targets, OrbitVaultError(f"pack {pack_id.hex()}: {e}"))
+                continue
+            self._write_blob(data, targets)
+
+    def _blob_failed(self, entry: PackEntry, targets: list[tuple[RestoreFile, int]], err: BaseException) -> None:
         for f, _off in targets:
             if not f.failed:
                 self._error(f.path, err)
             f.failed = True
             self._done_one(f)
 
-    def _write_blob(self, data: bytes, targets: list[tuple[_File, int]]) -> None:
+    def _write_blob(self, data: bytes, targets: list[tuple[RestoreFile, int]]) -> None:
         assert self._files is not None
         n = len(data)
         zero = self.opts.sparse and n > 0 and data[0] == 0 and data[-1] == 0 and data == bytes(n)
@@ -503,7 +623,7 @@ class Restorer:
                 self.bytes_done += n
             self._done_one(f)
 
-    def _write_single(self, f: _File, data: bytes, zero: bool) -> None:
+    def _write_single(self, f: RestoreFile, data: bytes, zero: bool) -> None:
         """A one-blob file: create, write, set metadata, close, in this worker."""
         assert self._dirs is not None
         try:
@@ -533,14 +653,14 @@ class Restorer:
             self.summary.bytes_restored += n
             self.bytes_done += n
 
-    def _done_one(self, f: _File) -> None:
+    def _done_one(self, f: RestoreFile) -> None:
         with self._lock:
             f.remaining -= 1
             last = f.remaining == 0
         if last:
             self._finish_file(f)
 
-    def _finish_file(self, f: _File) -> None:
+    def _finish_file(self, f: RestoreFile) -> None:
         assert self._files is not None
         if f.failed:
             self._files.discard(f.path)
@@ -601,7 +721,7 @@ class Restorer:
 
     # --- hard links ------------------------------------------------------------------------
 
-    def _link(self, files: list[_File]) -> None:
+    def _link(self, files: list[RestoreFile]) -> None:
         assert self._dirs is not None
         for f in files:
             src = f.link_to
@@ -628,7 +748,7 @@ class Restorer:
 
     # --- verify ----------------------------------------------------------------------------
 
-    def _verify(self, files: list[_File]) -> None:
+    def _verify(self, files: list[RestoreFile]) -> None:
         """Re-read every restored file and compare each chunk with its blob id."""
         assert self._dirs is not None
         key, index = self.repo.key, self.repo.index

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,9 +52,20 @@ class Crafter:
         return self.repo.save_snapshot(snap)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[OV, Path, Path]:
-    ov = OV(tmp_path / "repo")
+class _OV(OV):
+    """Every restore also as it runs with writer processes (the same rules, other processes)."""
+
+    def __init__(self, repo: Path, writers: list[str]) -> None:
+        super().__init__(repo)
+        self.writers = writers
+
+    def run(self, *args: str, **kw: Any) -> Any:
+        return super().run(*args, *(self.writers if args[:1] == ("restore",) else []), **kw)
+
+
+@pytest.fixture(params=[[], ["--write-processes", "2"]], ids=["threads", "writer-processes"])
+def setup(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[OV, Path, Path]:
+    ov = _OV(tmp_path / "repo", request.param)
     ov.init()
     outside = tmp_path / "outside"
     outside.mkdir()

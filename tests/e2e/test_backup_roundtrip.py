@@ -50,7 +50,7 @@ def _diff_lines(ov: OV, a: str, b: str) -> set[tuple[str, str]]:
     return lines
 
 
-@pytest.mark.parametrize("readers", [[], ["--read-processes", "2"]], ids=["walk-alone", "reader-processes"])
+@pytest.mark.parametrize("readers", [[], ["--read-processes", "2"]], ids=["one-process", "worker-processes"])
 def test_backup_change_diff_restore_each_snapshot(tmp_path: Path, readers: list[str]) -> None:
     work, out, repo = tmp_path / "work", tmp_path / "out", tmp_path / "repo"
     work.mkdir()
@@ -60,6 +60,7 @@ def test_backup_change_diff_restore_each_snapshot(tmp_path: Path, readers: list[
     ov = OV(repo)
     ov.init()
 
+    writers = ["--write-processes", "2"] if readers else []  # processes on both sides, or none
     s1 = ov.json("backup", str(src), *readers)
     assert s1["errors"] == 0 and s1["files_new"] == 10
     assert s1["files_read"] == 8  # the hard link and the empty file are not read
@@ -91,7 +92,7 @@ def test_backup_change_diff_restore_each_snapshot(tmp_path: Path, readers: list[
 
     for sid, expected, name in ((s1["snapshot_id"], m1, "t1"), (s2["snapshot_id"], m2, "t2")):
         target = out / name
-        r = ov.json("restore", sid, "--target", str(target), "--verify")
+        r = ov.json("restore", sid, "--target", str(target), "--verify", *writers)
         assert r["errors"] == 0 and r["files_verified"] > 0
         got = manifest(restored_root(target, src))
         assert got == expected

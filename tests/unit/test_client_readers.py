@@ -170,3 +170,50 @@ def test_killed_reader_fails_the_backup_and_the_next_one_completes(tmp_path: Pat
     assert _readers_of_this_process() == []  # the other reader was stopped too
     _snap, s, _a = _backup(repo, src, read_processes=2)
     assert s.errors == 0 and s.files_new == 1500
+
+
+def _children_running(module: str) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(int(pid))
+            except OSError:
+                continue
+    return pids
+
+
+def test_killed_restore_writer_fails_the_restore_or_it_is_complete(tmp_path: Path) -> None:
+    """Whatever moment a writer process dies at: the restore says so, or everything is there."""
+    src = tmp_path / "src"
+    for i in range(3000):
+        _write(src / f"d{i % 100:02}" / f"f{i}", os.urandom(2000 + i))
+    repo = _repo(tmp_path / "r")
+    snap, _s, _a = _backup(repo, src, read_processes=0)
+    target = tmp_path / "t"
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            Restorer(repo, snap, RestoreOptions(target=str(target), processes=2)).run()
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not (pids := _children_running("orbitvault.client.writers")) and t.is_alive():
+        assert time.monotonic() < deadline, "no writer process started"
+        time.sleep(0.001)
+    if pids:
+        os.kill(pids[0], 9)
+    t.join(timeout=60)
+    assert not t.is_alive(), "the restore hung on a dead writer"
+    assert _children_running("orbitvault.client.writers") == []
+    if outcome[0] is not None:
+        assert isinstance(outcome[0], OrbitVaultError) and "writer process" in str(outcome[0])
+    else:  # the writer had finished its share: nothing may be missing
+        root = target / src.relative_to("/")
+        assert sum(1 for p in root.rglob("f*") if p.is_file()) == 3000

@@ -194,7 +194,14 @@ def test_fuzz_hostile_trees(repo: Repo, data: st.DataObject) -> None:
     packer.flush()
     sandbox = _sandbox(r)
     try:
-        _restore(r, bytes.fromhex(root), sandbox, owner=data.draw(st.booleans()), sparse=data.draw(st.booleans()))
+        _restore(
+            r,
+            bytes.fromhex(root),
+            sandbox,
+            owner=data.draw(st.booleans()),
+            sparse=data.draw(st.booleans()),
+            processes=data.draw(st.sampled_from([0, 0, 0, 2])),  # writer processes: the same rules
+        )
     finally:
         _make_removable(sandbox)
         shutil.rmtree(sandbox, ignore_errors=True)
@@ -226,7 +233,7 @@ def test_fuzz_damaged_packs(repo: Repo, data: st.DataObject) -> None:
     victim.write_bytes(bytes(damaged))
     sandbox = _sandbox(r)
     try:
-        _restore(r, bytes.fromhex(root), sandbox)
+        _restore(r, bytes.fromhex(root), sandbox, processes=data.draw(st.sampled_from([0, 0, 0, 2])))
         f = sandbox / "target" / "d" / "f"
         if f.exists():
             got = f.read_bytes()

@@ -1,0 +1,272 @@
+"""Writer processes: a large restore's blobs are opened, decompressed, verified and written into
+their files outside the process that plans the restore.
+
+Why processes: per small file a restore makes a handful of system calls (create, write, utime,
+close) and some Python; restore threads queue for one GIL, and one returning from a system call
+waits for it again, so three threads restored no faster than one (measured, BENCHMARKS.md).
+
+The planning process keeps everything that decides what is written where: it reads the trees,
+checks every name, creates the directories and the multi-blob files, reads the packs and sends
+each ranged read with its blobs' targets to a writer. A writer runs the restorer's own code for
+the rest (`Restorer._write_group`: decode, verify, then create a one-blob file with O_EXCL and
+O_NOFOLLOW below directory descriptors reached one component at a time, or pwrite into a file
+the planner created), so the rules that keep a hostile snapshot inside the target are the same
+code in both places. A writer never creates directories the planner did not.
+
+Protocol over the writer's stdin/stdout (`pipes.py` frames):
+
+- planner -> writer: the setup (raw master key, the local repository's directory or None,
+  target, sparse, owner), then jobs (pack id, [(entries and their targets, bytes of the ranged
+  read, or None to read it from the local repository)], files new to this writer as (id, path,
+  node, one-blob)); the end of stdin ends the writer;
+- writer -> planner, one answer per job: (targets written, one file id per blob written into it;
+  file ids that failed; errors as (path, message); bytes restored; bytes left sparse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from orbitvault.client.backend import LocalBackend, object_name
+from orbitvault.client.crypto import MasterKey
+from orbitvault.client.pack import BlobCodec, PackEntry
+from orbitvault.client.pipes import read_frame, widen, write_frame
+from orbitvault.client.restorer import FdCache, RestoreFile, RestoreOptions, Restorer
+from orbitvault.errors import OrbitVaultError
+
+Answer = tuple[list[int], list[int], list[tuple[str, str]], int, int]
+
+# --- the writer process ----------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self, setup: dict[str, Any]) -> None:
+        # A local repository is read here (the planner sends only what to read); for any other
+        # the planner sends the bytes it read.
+        local = LocalBackend(setup["local"]) if setup["local"] else None
+        repo = SimpleNamespace(
+            codec=BlobCodec(MasterKey(setup["key"])),
+            backend=local,
+            pack_name=lambda pack_id: object_name("data", pack_id.hex()),
+        )
+        opts = RestoreOptions(target=setup["target"], sparse=setup["sparse"], owner=setup["owner"])
+        r = Restorer(repo, None, opts)  # type: ignore[arg-type]
+        os.umask(0)  # like the planner: files are created with their final permission bits
+        r._umask_cleared = True
+        r._root_fd = os.open(setup["target"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        r._dirs = FdCache(r._open_dir, 128)
+        r._files = FdCache(r._open_file, 256)
+        self.r = r
+        self.files: dict[int, RestoreFile] = {}
+
+    def job(self, pack_id: bytes, groups: list[Any], new_files: list[Any]) -> Answer:
+        r = self.r
+        for fid, path, node, single in new_files:
+            # Multi-blob files are finished (metadata) by the planner, which counts their blobs.
+            self.files[fid] = RestoreFile(path, node, remaining=1 << 62, single=single)
+        done_before, sparse_before = r.summary.bytes_restored, r.summary.bytes_sparse
+        touched: list[int] = []
+        for entries, buf in groups:
+            group = [(PackEntry(*e), [(self.files[fid], off) for fid, off in targets]) for e, targets in entries]
+            touched += [fid for _e, targets in entries for fid, _off in targets]
+            view = memoryview(buf) if buf is not None else r._read_group(pack_id, group)
+            if view is not None:  # a failed read has marked its files failed, with the error
+                r._write_group(pack_id, group, view)
+        failed = sorted({fid for fid in touched if self.files[fid].failed})
+        errors = [(e.path, e.message) for e in r.errors]
+        r.errors.clear()
+        return (
+            touched,
+            failed,
+            errors,
+            r.summary.bytes_restored - done_before,
+            r.summary.bytes_sparse - sparse_before,
+        )
+
+
+def serve(inp: int, out: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the planner decides
+    widen(out)
+    setup = read_frame(inp)
+    if setup is None:
+        return 0
+    writer = _Writer(setup)
+    # Jobs are taken in by a thread of their own: the planner's write of a 16 MiB job returns as
+    # soon as it is copied, instead of waiting for this writer to finish its previous job (while
+    # the other writer might be idle).
+    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def take() -> None:
+        try:
+            while (job := read_frame(inp)) is not None:
+                jobs.put(job)
+        finally:
+            jobs.put(None)
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        while (job := jobs.get()) is not None:
+            write_frame(out, writer.job(*job))
+    except BrokenPipeError:  # the planner is gone
+        return 1
+    return 0
+
+
+# --- the planning process's side -----------------------------------------------------------------
+
+
+class _Proc:
+    def __init__(self, setup: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orbitvault.client.writers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.inp = self.proc.stdin.fileno()
+        self.out = self.proc.stdout.fileno()
+        widen(self.inp)
+        self.known: set[int] = set()  # file ids this writer has been told about
+        self.jobs: deque[int] = deque()  # job sizes in flight, oldest first
+        self.thread: threading.Thread | None = None
+        write_frame(self.inp, setup)
+
+
+class WriterPool:
+    """Writer processes; `submit` blocks while every writer has `depth` jobs in flight, and
+    `on_answer(answer)` runs on a result thread for each job done."""
+
+    def __init__(
+        self,
+        *,
+        key: MasterKey,
+        local: str | None,
+        target: str,
+        sparse: bool,
+        owner: bool,
+        processes: int,
+        on_answer: Callable[[Answer], None],
+        depth: int = 2,
+    ) -> None:
+        setup = {"key": key.raw, "local": local, "target": os.path.abspath(target), "sparse": sparse, "owner": owner}
+        self.on_answer = on_answer
+        self.depth = depth
+        self.error: BaseException | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self.procs: list[_Proc] = []
+        try:
+            for _ in range(max(1, processes)):
+                self.procs.append(_Proc(setup))
+        except BaseException:
+            self.kill()
+            raise
+        for i, p in enumerate(self.procs):
+            p.thread = threading.Thread(target=self._collect, args=(p,), name=f"writer-results-{i}", daemon=True)
+            p.thread.start()
+
+    def submit(self, pack_id: bytes, groups: list[Any], files: dict[int, RestoreFile]) -> None:
+        """One pack's ranged reads, for the writer with the least in flight; `files` holds
+        every file the groups name (by id)."""
+        with self._cond:
+            while True:
+                self._check()
+                free = [x for x in self.procs if len(x.jobs) < self.depth]
+                if free:
+                    p = min(free, key=lambda x: sum(x.jobs))
+                    break
+                self._cond.wait(0.1)
+            size = sum(e[3] for entries, _buf in groups for e, _targets in entries)  # stored bytes
+            p.jobs.append(size)
+        new = [
+            (fid, f.path, f.node, f.single)
+            for fid in {fid for entries, _buf in groups for _e, targets in entries for fid, _o in targets}
+            if fid not in p.known
+            for f in (files[fid],)
+        ]
+        p.known.update(fid for fid, *_rest in new)
+        try:
+            write_frame(p.inp, (pack_id, groups, new))
+        except OSError as e:
+            self._fail(OrbitVaultError(f"a restore writer process is gone ({e.strerror or e})"))
+
+    def drain(self) -> None:
+        """Wait until every job submitted is answered."""
+        with self._cond:
+            while any(p.jobs for p in self.procs):
+                self._check()
+                self._cond.wait(0.1)
+            self._check()
+
+    def _collect(self, p: _Proc) -> None:
+        try:
+            while True:
+                answer = read_frame(p.out)
+                if answer is None:
+                    if p.jobs or not self._closed:
+                        code = p.proc.wait()
+                        raise OrbitVaultError(f"a restore writer process exited unexpectedly (status {code})")
+                    return
+                self.on_answer(answer)
+                with self._cond:
+                    p.jobs.popleft()
+                    self._cond.notify_all()
+        except BaseException as e:
+            self._fail(e, raise_=False)
+
+    def _fail(self, error: BaseException, *, raise_: bool = True) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = error
+            self._cond.notify_all()
+        if raise_:
+            raise self.error
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._closed = True
+        for p in self.procs:
+            if p.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.proc.stdin.close()
+        for p in self.procs:
+            if p.thread is not None:
+                p.thread.join()
+            p.proc.wait()
+            if p.proc.stdout is not None:
+                p.proc.stdout.close()
+        self._check()
+
+    def kill(self) -> None:
+        self._closed = True
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+        for p in self.procs:
+            p.proc.wait()
+            if p.thread is not None:
+                p.thread.join(timeout=5)
+            for f in (p.proc.stdin, p.proc.stdout):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+
+
+if __name__ == "__main__":
+    _out = os.dup(1)
+    os.dup2(2, 1)  # a stray print must not land in the answer stream
+    sys.exit(serve(0, _out))
