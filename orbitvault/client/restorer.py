@@ -217,6 +217,8 @@ class Restorer:
         old_umask = os.umask(0)
         self._umask_cleared = True
         try:
+            # Writers start now, so they are up by the time the directories and files are made.
+            self._start_writers(sum(len(n.content or ()) for kind, _p, n, _s in items if kind == "file"))
             files = self._create(items)
             self._restore_contents([f for f in files if f.link_to is None and f.remaining > 0])
             self._link(files)
@@ -224,6 +226,9 @@ class Restorer:
             if self.opts.verify:
                 self._verify([f for f in files if f.link_to is None and not f.failed])
         finally:
+            if self._writers is not None:  # only when something failed on the way
+                self._writers.kill()
+                self._writers = None
             os.umask(old_umask)
             self._umask_cleared = False
             self._files.close_all()
@@ -365,6 +370,7 @@ class Restorer:
         assert self._dirs is not None and self._files is not None
         files: list[RestoreFile] = []
         primaries: dict[tuple[int, int], RestoreFile] = {}
+        ensured: tuple[str, ...] | None = None  # the last parent made sure of (items come depth first)
         for kind, path, node, selected in items:
             if kind == "dir":
                 self._dir_nodes[path] = node
@@ -376,7 +382,9 @@ class Restorer:
                         self._error(path, e)
                 continue
             try:
-                self._ensure_dir(path[:-1]) if path[:-1] else None
+                if path[:-1] and path[:-1] != ensured:
+                    self._ensure_dir(path[:-1])
+                    ensured = path[:-1]
                 parent = self._dirs.acquire(path[:-1])
             except OSError as e:
                 self._error(path, e)
@@ -420,40 +428,37 @@ class Restorer:
 
     # --- contents --------------------------------------------------------------------------
 
-    def _restore_contents(self, files: list[RestoreFile]) -> None:
-        processes = self._processes(sum(f.remaining for f in files))
-        if processes:
-            from orbitvault.client.writers import WriterPool  # imports this module
+    def _start_writers(self, refs: int) -> None:
+        processes = self._processes(refs)
+        if not processes:
+            return
+        from orbitvault.client.writers import WriterPool  # imports this module
 
-            backend = self.repo.backend
-            try:
-                self._writers = WriterPool(
-                    key=self.repo.key,
-                    local=str(backend.root) if isinstance(backend, LocalBackend) else None,
-                    target=self.opts.target,
-                    sparse=self.opts.sparse,
-                    owner=self.owner,
-                    processes=processes,
-                    on_answer=self._writer_answer,
-                )
-            except OSError:
-                self._writers = None  # no processes to be had: the threads do it
+        backend = self.repo.backend
         try:
-            batch: list[RestoreFile] = []
-            refs = 0
-            for f in files:
-                batch.append(f)
-                refs += f.remaining
-                if refs >= _BATCH_REFS:
-                    self._restore_batch(batch)
-                    batch, refs = [], 0
-            if batch:
+            self._writers = WriterPool(
+                key=self.repo.key,
+                local=str(backend.root) if isinstance(backend, LocalBackend) else None,
+                target=self.opts.target,
+                sparse=self.opts.sparse,
+                owner=self.owner,
+                processes=processes,
+                on_answer=self._writer_answer,
+            )
+        except OSError:
+            self._writers = None  # no processes to be had: the threads do it
+
+    def _restore_contents(self, files: list[RestoreFile]) -> None:
+        batch: list[RestoreFile] = []
+        refs = 0
+        for f in files:
+            batch.append(f)
+            refs += f.remaining
+            if refs >= _BATCH_REFS:
                 self._restore_batch(batch)
-        except BaseException:
-            if self._writers is not None:
-                self._writers.kill()
-                self._writers = None
-            raise
+                batch, refs = [], 0
+        if batch:
+            self._restore_batch(batch)
         if self._writers is not None:
             self._writers.close()
             self._writers = None
