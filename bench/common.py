@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from orbitvault.cli import allocator
+from orbitvault import allocator
 
 # Every orbitvault process (CLI, node, gateway) starts with this malloc tuning; the figures must be
 # taken with it too. Without it, pyeclib's per-row fragment buffers alone cut encoding 10x.

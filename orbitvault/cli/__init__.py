@@ -15,8 +15,7 @@ import importlib
 
 import click
 
-from orbitvault import __version__
-from orbitvault.cli import allocator
+from orbitvault import __version__, allocator
 from orbitvault.cli.backup import register as register_backup
 
 _LAZY = {

@@ -1,5 +1,5 @@
 """Frames over pipes between orbitvault and its own worker processes (backup readers, restore
-writers): a 4-byte little-endian length, then a pickle. Both ends are this package, run by the
+writers): lengths, then a pickle and its out-of-band buffers. Both ends are this package, run by the
 same interpreter, so pickle is safe here; it never crosses a network."""
 
 from __future__ import annotations
@@ -8,26 +8,30 @@ import contextlib
 import fcntl
 import os
 import pickle
+import struct
 from typing import Any
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PIPE_SIZE = 1 << 20
-_HEADER = 4
+_IOV_MAX = 512
 
 
 def write_frame(fd: int, obj: Any) -> None:
-    body = memoryview(pickle.dumps(obj, protocol=5))
-    head = len(body).to_bytes(_HEADER, "little")
-    sent = os.writev(fd, [head, body])  # no joined copy of a multi-MiB body
-    if sent < _HEADER:
-        head, sent = head[sent:], 0
-        while head:
-            head = head[os.write(fd, head) :]
-    else:
-        sent -= _HEADER
-    rest = body[sent:]
-    while rest:
-        rest = rest[os.write(fd, rest) :]
+    """`obj` pickled; `pickle.PickleBuffer`s in it (multi-MiB payloads) go out of band, written
+    straight from their memory: a frame is [header length][buffer count][buffer lengths]
+    [header][buffers]."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    prefix = struct.pack(f"<II{len(raws)}Q", len(head), len(raws), *(r.nbytes for r in raws))
+    parts = [memoryview(prefix), memoryview(head), *raws]
+    while parts:
+        sent = os.writev(fd, parts[:_IOV_MAX])
+        while parts and sent >= parts[0].nbytes:
+            sent -= parts[0].nbytes
+            parts.pop(0)
+        if sent:
+            parts[0] = parts[0][sent:]
 
 
 def _read_exact(fd: int, n: int) -> bytearray | None:
@@ -45,15 +49,24 @@ def _read_exact(fd: int, n: int) -> bytearray | None:
     return buf
 
 
-def read_frame(fd: int) -> Any:
-    """The next object; None at the end of the stream."""
-    head = _read_exact(fd, _HEADER)
-    if head is None:
-        return None
-    body = _read_exact(fd, int.from_bytes(head, "little"))
-    if body is None:
+def _need(fd: int, n: int) -> bytearray:
+    buf = _read_exact(fd, n)
+    if buf is None:
         raise EOFError("stream cut inside a frame")
-    return pickle.loads(body)
+    return buf
+
+
+def read_frame(fd: int) -> Any:
+    """The next object (out-of-band buffers arrive as read-only memoryviews); None at the end
+    of the stream."""
+    first = _read_exact(fd, 8)
+    if first is None:
+        return None
+    head_len, count = struct.unpack("<II", first)
+    lengths = struct.unpack(f"<{count}Q", _need(fd, 8 * count)) if count else ()
+    head = _need(fd, head_len)
+    buffers = [_need(fd, n) for n in lengths]
+    return pickle.loads(head, buffers=buffers)
 
 
 def widen(fd: int) -> None:

@@ -332,6 +332,9 @@ class ReaderPool:
 
 
 if __name__ == "__main__":
+    from orbitvault import allocator
+
+    allocator.tune_worker()
     _out = os.dup(1)
     os.dup2(2, 1)  # a stray print must not land in the result stream
     sys.exit(serve(0, _out))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 import threading
 import time
 from collections import OrderedDict, deque
@@ -43,9 +44,10 @@ from orbitvault.errors import OrbitVaultError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MERGE_GAP = 1 << 20
+_MAX_READ = 4 << 20  # a ranged read spans at most this (a blob longer than it is read alone)
 _BATCH_REFS = 200_000
 _PROCESSES_FROM = 2000  # blobs to write: below that, starting writer processes costs more than it saves
-_READ_AHEAD = 4  # packs read ahead of the writers
+_READ_AHEAD = 4  # ranged reads ahead of the writers
 
 
 @dataclass
@@ -105,13 +107,14 @@ _Group = list[tuple[PackEntry, list[tuple[RestoreFile, int]]]]
 
 
 def _groups(blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]) -> list[_Group]:
-    """A pack's needed blobs in offset order, merged into ranged reads (gaps under 1 MiB are
-    read and skipped)."""
+    """A pack's needed blobs in offset order, merged into ranged reads of up to 4 MiB (gaps under
+    1 MiB are read and skipped)."""
     ranges: list[_Group] = []
     for ent in sorted(blobs.values(), key=lambda t: t[0].offset):
         if ranges:
-            last = ranges[-1][-1][0]
-            if ent[0].offset - (last.offset + last.length) <= _MERGE_GAP:
+            first, last = ranges[-1][0][0], ranges[-1][-1][0]
+            end = ent[0].offset + ent[0].length
+            if ent[0].offset - (last.offset + last.length) <= _MERGE_GAP and end - first.offset <= _MAX_READ:
                 ranges[-1].append(ent)
                 continue
         ranges.append([ent])
@@ -509,27 +512,24 @@ class Restorer:
         self._writer_files = dict(enumerate(files))
         local = isinstance(self.repo.backend, LocalBackend)
 
-        def read(pack_id: bytes, blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]) -> list[Any]:
-            out = []
-            for group in _groups(blobs):
-                buf = None if local else self._read_group(pack_id, group)  # a failed read fails its files here
-                if local or buf is not None:
-                    entries = [
-                        (
-                            (e.type, e.flags, e.offset, e.length, e.raw_length, e.id),
-                            [(fids[id(f)], off) for f, off in targets],
-                        )
-                        for e, targets in group
-                    ]
-                    out.append((entries, None if buf is None else buf.obj))
-            return out
+        def read(pack_id: bytes, group: _Group) -> list[Any]:
+            buf = None if local else self._read_group(pack_id, group)  # a failed read fails its files here
+            if not local and buf is None:
+                return []
+            entries = [
+                ((e.type, e.flags, e.offset, e.length, e.raw_length, e.id), [(fids[id(f)], off) for f, off in targets])
+                for e, targets in group
+            ]
+            return [(entries, None if buf is None else pickle.PickleBuffer(buf))]
 
+        # One job per ranged read (<= 4 MiB), a few read ahead: memory stays bounded by those.
         with ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="restore-read") as pool:
             ahead: deque[tuple[bytes, Future[list[Any]]]] = deque()
             for pack_id, blobs in plan.items():
-                ahead.append((pack_id, pool.submit(read, pack_id, blobs)))
-                if len(ahead) >= _READ_AHEAD:
-                    self._hand_over(*ahead.popleft())
+                for group in _groups(blobs):
+                    ahead.append((pack_id, pool.submit(read, pack_id, group)))
+                    if len(ahead) >= _READ_AHEAD:
+                        self._hand_over(*ahead.popleft())
             while ahead:
                 self._hand_over(*ahead.popleft())
         self._writers.drain()

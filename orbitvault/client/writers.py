@@ -42,6 +42,7 @@ from orbitvault.client.crypto import MasterKey
 from orbitvault.client.pack import BlobCodec, PackEntry
 from orbitvault.client.pipes import read_frame, widen, write_frame
 from orbitvault.client.restorer import FdCache, RestoreFile, RestoreOptions, Restorer
+from orbitvault.client.tree import Node
 from orbitvault.errors import OrbitVaultError
 
 Answer = tuple[list[int], list[int], list[tuple[str, str]], int, int]
@@ -71,8 +72,10 @@ class _Writer:
 
     def job(self, pack_id: bytes, groups: list[Any], new_files: list[Any]) -> Answer:
         r = self.r
-        for fid, path, node, single in new_files:
-            # Multi-blob files are finished (metadata) by the planner, which counts their blobs.
+        for fid, path, (mode, uid, gid, atime, mtime, xattrs), single in new_files:
+            # What creating and finishing a one-blob file needs; multi-blob files are finished
+            # by the planner, which counts their blobs.
+            node = Node(path[-1], "file", mode, uid, gid, mtime_ns=mtime, atime_ns=atime, xattrs=xattrs)
             self.files[fid] = RestoreFile(path, node, remaining=1 << 62, single=single)
         done_before, sparse_before = r.summary.bytes_restored, r.summary.bytes_sparse
         touched: list[int] = []
@@ -83,6 +86,9 @@ class _Writer:
             if view is not None:  # a failed read has marked its files failed, with the error
                 r._write_group(pack_id, group, view)
         failed = sorted({fid for fid in touched if self.files[fid].failed})
+        for fid in touched:  # a one-blob file is done: forget it (memory stays bounded by the jobs)
+            if self.files[fid].single:
+                del self.files[fid]
         errors = [(e.path, e.message) for e in r.errors]
         r.errors.clear()
         return (
@@ -190,10 +196,11 @@ class WriterPool:
             size = sum(e[3] for entries, _buf in groups for e, _targets in entries)  # stored bytes
             p.jobs.append(size)
         new = [
-            (fid, f.path, f.node, f.single)
+            (fid, f.path, (n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.xattrs), f.single)
             for fid in {fid for entries, _buf in groups for _e, targets in entries for fid, _o in targets}
             if fid not in p.known
             for f in (files[fid],)
+            for n in (f.node,)
         ]
         p.known.update(fid for fid, *_rest in new)
         try:
@@ -267,6 +274,9 @@ class WriterPool:
 
 
 if __name__ == "__main__":
+    from orbitvault import allocator
+
+    allocator.tune_worker()
     _out = os.dup(1)
     os.dup2(2, 1)  # a stray print must not land in the answer stream
     sys.exit(serve(0, _out))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-CHECK = "from orbitvault.cli import allocator; print(allocator.tune())"
+CHECK = "from orbitvault import allocator; print(allocator.tune())"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

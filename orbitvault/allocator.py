@@ -17,6 +17,7 @@ import ctypes
 import os
 
 M_TOP_PAD = -2
+M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 TOP_PAD = 32 << 20
 ARENA_MAX = 2
@@ -32,6 +33,24 @@ def tune() -> bool:
     applied = False
     if "MALLOC_TOP_PAD_" not in os.environ:
         applied |= bool(mallopt(M_TOP_PAD, TOP_PAD))
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        applied |= bool(mallopt(M_ARENA_MAX, ARENA_MAX))
+    return applied
+
+
+def tune_worker() -> bool:
+    """A worker process (backup reader, restore writer) holds a few multi-MiB buffers at a time:
+    a fixed mmap threshold hands each back to the kernel when freed (glibc's default raises the
+    threshold after the first free and then keeps such buffers on the heap), so two workers add
+    tens of MiB, not a hundred, to a backup's or restore's memory."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    except (OSError, AttributeError):
+        return False
+    applied = False
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        applied |= bool(mallopt(M_MMAP_THRESHOLD, 256 << 10))
     if "MALLOC_ARENA_MAX" not in os.environ:
         applied |= bool(mallopt(M_ARENA_MAX, ARENA_MAX))
     return applied
