@@ -9,7 +9,13 @@ import fcntl
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from typing import Any
+
+from orbitvault.errors import OrbitVaultError
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _PIPE_SIZE = 1 << 20
@@ -73,3 +79,96 @@ def widen(fd: int) -> None:
     """A 1 MiB pipe: a message crosses in one or two writes instead of sixteen."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+class Worker:
+    """One worker process (`python -m module`), its pipes, and the thread reading its answers.
+    It gets `setup` first; the end of its stdin tells it to exit."""
+
+    def __init__(self, module: str, setup: Any) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.inp = self.proc.stdin.fileno()
+        self.out = self.proc.stdout.fileno()
+        widen(self.inp)
+        self.thread: threading.Thread | None = None
+        try:
+            write_frame(self.inp, setup)
+        except BaseException:  # it died at once: leave nothing behind
+            kill_workers([self])
+            raise
+
+
+def close_workers(workers: list[Any]) -> None:
+    """Everything asked has been answered: end the workers' input and wait for them."""
+    for w in workers:
+        if w.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                w.proc.stdin.close()
+    for w in workers:
+        if w.thread is not None:
+            w.thread.join()
+        w.proc.wait()
+        if w.proc.stdout is not None:
+            w.proc.stdout.close()
+
+
+def kill_workers(workers: list[Any]) -> None:
+    """Stop at once (the job failed or was cancelled)."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    for w in workers:
+        w.proc.wait()
+        if w.thread is not None:
+            w.thread.join(timeout=5)
+        for f in (w.proc.stdin, w.proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+
+
+class WorkerPool:
+    """What the reader and writer pools share: their workers, the first error (raised to the
+    caller at its next call) and the end."""
+
+    what = "worker"
+
+    def __init__(self) -> None:
+        self.workers: list[Any] = []
+        self.error: BaseException | None = None
+        self._closed = False
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _ended(self, w: Worker, owed: bool) -> None:
+        """A worker's output ended: fine after `close` with nothing owed, else an error."""
+        if owed or not self._closed:
+            code = w.proc.wait()
+            raise OrbitVaultError(f"a {self.what} process exited unexpectedly (status {code})")
+
+    def close(self) -> None:
+        """Everything asked has been answered: end the workers and wait for them."""
+        self._closed = True
+        close_workers(self.workers)
+        self._check()
+
+    def kill(self) -> None:
+        """Stop at once (the job failed or was cancelled)."""
+        self._closed = True
+        kill_workers(self.workers)
+
+
+def worker_main(serve: Callable[[int, int], int]) -> None:
+    """A worker's entry point: stdout is kept for frames (a stray print goes to stderr), and the
+    allocator returns big buffers to the kernel when they are freed."""
+    from orbitvault import allocator
+
+    allocator.tune_worker()
+    out = os.dup(1)
+    os.dup2(2, 1)
+    sys.exit(serve(0, out))

@@ -30,15 +30,11 @@ crashed or killed backup never leaves readers behind; a reader that dies fails t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import itertools
-import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +43,7 @@ from typing import Any
 from orbitvault.client.chunker import Chunker, ChunkerParams
 from orbitvault.client.crypto import MasterKey
 from orbitvault.client.pack import BlobCodec, BlobType
-from orbitvault.client.pipes import read_frame, widen, write_frame
+from orbitvault.client.pipes import Worker, WorkerPool, read_frame, widen, worker_main, write_frame
 from orbitvault.client.scan import Entry, PrevSig, Scanner, ScanSettings
 from orbitvault.client.tree import name_key
 from orbitvault.errors import OrbitVaultError
@@ -150,26 +146,15 @@ class Scan:
         self.done = threading.Event()
 
 
-class _Worker:
-    """One reader process, its requests in flight and the thread that takes its answers."""
+class _Worker(Worker):
+    """One reader process and its requests in flight (oldest first)."""
 
     def __init__(self, setup: dict[str, Any]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orbitvault.client.readers"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.inp = self.proc.stdin.fileno()
-        self.out = self.proc.stdout.fileno()
-        widen(self.inp)
-        self.sent: deque[Scan] = deque()  # oldest first
-        self.thread: threading.Thread | None = None
-        write_frame(self.inp, setup)
+        super().__init__("orbitvault.client.readers", setup)
+        self.sent: deque[Scan] = deque()
 
 
-class ReaderPool:
+class ReaderPool(WorkerPool):
     """Reader processes scanning directories ahead of the walk.
 
     `request` queues a directory; requests leave in the walk's order (smallest path first),
@@ -177,6 +162,8 @@ class ReaderPool:
     for every blob a reader sealed; `load_prev(prev_subtree)` runs on the walking thread when a
     request leaves and returns (anything, {name: signature}) for the parent snapshot's files.
     """
+
+    what = "reader"
 
     def __init__(
         self,
@@ -199,17 +186,15 @@ class ReaderPool:
             "max_file": max_file,
             "settings": dataclasses.asdict(settings),
         }
+        super().__init__()
         self.on_blob = on_blob
         self.load_prev = load_prev
         self.depth = depth
         self.ahead = ahead  # scans sent and not yet taken by the walk (bounds memory)
         self._out = 0
-        self.error: BaseException | None = None
-        self._closed = False
         self._queue: list[tuple[list[str], int, Scan]] = []
         self._seq = itertools.count()
         self._progress = threading.Event()
-        self.workers: list[_Worker] = []
         try:
             for _ in range(max(1, processes)):
                 self.workers.append(_Worker(setup))
@@ -269,9 +254,7 @@ class ReaderPool:
             while True:
                 msg = read_frame(w.out)
                 if msg is None:
-                    if w.sent or not self._closed:
-                        code = w.proc.wait()
-                        raise OrbitVaultError(f"a reader process exited unexpectedly (status {code})")
+                    self._ended(w, bool(w.sent))
                     return
                 if msg[0] == "p":
                     for blob in msg[2]:
@@ -296,45 +279,6 @@ class ReaderPool:
         if raise_:
             raise self.error
 
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        """Every scan requested has been waited for: end the readers and wait for them."""
-        self._closed = True
-        for w in self.workers:
-            if w.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    w.proc.stdin.close()  # end of the reader's stdin: it exits
-        for w in self.workers:
-            if w.thread is not None:
-                w.thread.join()
-            w.proc.wait()
-            if w.proc.stdout is not None:
-                w.proc.stdout.close()
-        self._check()
-
-    def kill(self) -> None:
-        """Stop at once (the backup failed or was cancelled)."""
-        self._closed = True
-        for w in self.workers:
-            if w.proc.poll() is None:
-                w.proc.kill()
-        for w in self.workers:
-            w.proc.wait()
-            if w.thread is not None:
-                w.thread.join(timeout=5)
-            for f in (w.proc.stdin, w.proc.stdout):
-                if f is not None:
-                    with contextlib.suppress(OSError):
-                        f.close()
-
 
 if __name__ == "__main__":
-    from orbitvault import allocator
-
-    allocator.tune_worker()
-    _out = os.dup(1)
-    os.dup2(2, 1)  # a stray print must not land in the result stream
-    sys.exit(serve(0, _out))
+    worker_main(serve)

@@ -25,12 +25,9 @@ Protocol over the writer's stdin/stdout (`pipes.py` frames):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -40,7 +37,7 @@ from typing import Any
 from orbitvault.client.backend import LocalBackend, object_name
 from orbitvault.client.crypto import MasterKey
 from orbitvault.client.pack import BlobCodec, PackEntry
-from orbitvault.client.pipes import read_frame, widen, write_frame
+from orbitvault.client.pipes import Worker, WorkerPool, read_frame, widen, worker_main, write_frame
 from orbitvault.client.restorer import FdCache, RestoreFile, RestoreOptions, Restorer
 from orbitvault.client.tree import Node
 from orbitvault.errors import OrbitVaultError
@@ -131,27 +128,20 @@ def serve(inp: int, out: int) -> int:
 # --- the planning process's side -----------------------------------------------------------------
 
 
-class _Proc:
+class _Proc(Worker):
+    """One writer process, what it has been told and its jobs in flight."""
+
     def __init__(self, setup: dict[str, Any]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orbitvault.client.writers"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.inp = self.proc.stdin.fileno()
-        self.out = self.proc.stdout.fileno()
-        widen(self.inp)
+        super().__init__("orbitvault.client.writers", setup)
         self.known: set[int] = set()  # file ids this writer has been told about
         self.jobs: deque[int] = deque()  # job sizes in flight, oldest first
-        self.thread: threading.Thread | None = None
-        write_frame(self.inp, setup)
 
 
-class WriterPool:
+class WriterPool(WorkerPool):
     """Writer processes; `submit` blocks while every writer has `depth` jobs in flight, and
     `on_answer(answer)` runs on a result thread for each job done."""
+
+    what = "restore writer"
 
     def __init__(
         self,
@@ -166,19 +156,17 @@ class WriterPool:
         depth: int = 2,
     ) -> None:
         setup = {"key": key.raw, "local": local, "target": os.path.abspath(target), "sparse": sparse, "owner": owner}
+        super().__init__()
         self.on_answer = on_answer
         self.depth = depth
-        self.error: BaseException | None = None
-        self._closed = False
         self._cond = threading.Condition()
-        self.procs: list[_Proc] = []
         try:
             for _ in range(max(1, processes)):
-                self.procs.append(_Proc(setup))
+                self.workers.append(_Proc(setup))
         except BaseException:
             self.kill()
             raise
-        for i, p in enumerate(self.procs):
+        for i, p in enumerate(self.workers):
             p.thread = threading.Thread(target=self._collect, args=(p,), name=f"writer-results-{i}", daemon=True)
             p.thread.start()
 
@@ -188,7 +176,7 @@ class WriterPool:
         with self._cond:
             while True:
                 self._check()
-                free = [x for x in self.procs if len(x.jobs) < self.depth]
+                free = [x for x in self.workers if len(x.jobs) < self.depth]
                 if free:
                     p = min(free, key=lambda x: sum(x.jobs))
                     break
@@ -211,7 +199,7 @@ class WriterPool:
     def drain(self) -> None:
         """Wait until every job submitted is answered."""
         with self._cond:
-            while any(p.jobs for p in self.procs):
+            while any(p.jobs for p in self.workers):
                 self._check()
                 self._cond.wait(0.1)
             self._check()
@@ -221,9 +209,7 @@ class WriterPool:
             while True:
                 answer = read_frame(p.out)
                 if answer is None:
-                    if p.jobs or not self._closed:
-                        code = p.proc.wait()
-                        raise OrbitVaultError(f"a restore writer process exited unexpectedly (status {code})")
+                    self._ended(p, bool(p.jobs))
                     return
                 self.on_answer(answer)
                 with self._cond:
@@ -240,43 +226,6 @@ class WriterPool:
         if raise_:
             raise self.error
 
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self._closed = True
-        for p in self.procs:
-            if p.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    p.proc.stdin.close()
-        for p in self.procs:
-            if p.thread is not None:
-                p.thread.join()
-            p.proc.wait()
-            if p.proc.stdout is not None:
-                p.proc.stdout.close()
-        self._check()
-
-    def kill(self) -> None:
-        self._closed = True
-        for p in self.procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
-        for p in self.procs:
-            p.proc.wait()
-            if p.thread is not None:
-                p.thread.join(timeout=5)
-            for f in (p.proc.stdin, p.proc.stdout):
-                if f is not None:
-                    with contextlib.suppress(OSError):
-                        f.close()
-
 
 if __name__ == "__main__":
-    from orbitvault import allocator
-
-    allocator.tune_worker()
-    _out = os.dup(1)
-    os.dup2(2, 1)  # a stray print must not land in the answer stream
-    sys.exit(serve(0, _out))
+    worker_main(serve)
