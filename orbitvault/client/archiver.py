@@ -52,6 +52,7 @@ from typing import Any
 
 from orbitvault import __version__
 from orbitvault.client.pack import BlobType, EncodedBlob
+from orbitvault.client.pipes import default_processes
 from orbitvault.client.readers import ReaderPool, Scan
 from orbitvault.client.repository import Packer, Repository, now_local
 from orbitvault.client.scan import (
@@ -165,10 +166,6 @@ class _PendingDir:
     done: bool = False
 
 
-def _default_processes() -> int:
-    return 2 if (os.cpu_count() or 1) >= 2 else 0
-
-
 _KINDS = {"d": "dir", "l": "symlink", "f": "file"}
 # A file that had grown past inline_limit x this when a scan read it is read like a large file.
 _MAX_FILE_FACTOR = 8
@@ -201,6 +198,11 @@ def node_from_entry(entry: Entry) -> Node:
         entry[6] if kind == "symlink" else None,
         entry[5],
     )
+
+
+def _subtree_of(prev: Node | None) -> bytes | None:
+    """The parent snapshot's tree for a directory (None when it was not a directory then)."""
+    return prev.subtree if prev is not None and prev.type == "dir" else None
 
 
 def _signatures(prev: dict[str, Node]) -> dict[str, PrevSig] | None:
@@ -242,9 +244,8 @@ class Archiver:
             ignore_inode=opts.ignore_inode,
         )
         # The walk's own scanner: chunks it hashes are claimed here and sealed by the pool.
-        self._scanner = Scanner(
-            self.settings, repo.key, repo.chunker, self._hashed_chunk, max_file=_MAX_FILE_FACTOR * opts.inline_limit
-        )
+        self._max_small = _MAX_FILE_FACTOR * opts.inline_limit
+        self._scanner = Scanner(self.settings, repo.key, repo.chunker, self._hashed_chunk, max_file=self._max_small)
         self._names = self._scanner.names
         self._stats_lock = threading.Lock()
         self._claim_lock = threading.Lock()
@@ -260,7 +261,7 @@ class Archiver:
         self._root_dev: int | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._readers: ReaderPool | None = None
-        self._read_processes = _default_processes() if opts.read_processes is None else max(0, opts.read_processes)
+        self._read_processes = default_processes() if opts.read_processes is None else max(0, opts.read_processes)
         if opts.readers_after is not None:
             self._readers_after = opts.readers_after
         else:
@@ -525,7 +526,7 @@ class Archiver:
                 key=repo.key,
                 chunker=repo.config.chunker,
                 level=repo.config.compression_level,
-                max_file=_MAX_FILE_FACTOR * self.opts.inline_limit,
+                max_file=self._max_small,
                 settings=self.settings,
                 processes=self._read_processes,
                 on_blob=self._reader_blob,
@@ -573,7 +574,7 @@ class Archiver:
         prev_root = self.parent.tree if self.parent else None
         if targets == ["/"]:
             node = _dir_node("/", "/", self._names)
-            self._root_dev = os.lstat("/").st_dev
+            self._root_dev = node.device_id
             return self._walk_dir("/", node, prev_root)
         trie: dict[str, Any] = {}
         for t in targets:
@@ -633,7 +634,7 @@ class Archiver:
                 self._error(full, e)
                 continue
             p = prev.get(name)
-            pd.slots.append(self._virtual_dir(full, child, sub, p.subtree if p and p.type == "dir" else None))
+            pd.slots.append(self._virtual_dir(full, child, sub, _subtree_of(p)))
         self._closed.append(pd)
         return pd
 
@@ -673,11 +674,8 @@ class Archiver:
         assert self._readers is not None
         for entry in entries:
             if entry[0] == "d" and self._descend(entry):
-                p = prev.get(entry[1])
                 full = f"{base}/{entry[1]}"
-                self._scans[full] = self._readers.request(
-                    full, p.subtree if p is not None and p.type == "dir" else None
-                )
+                self._scans[full] = self._readers.request(full, _subtree_of(prev.get(entry[1])))
         self._readers.pump()
 
     def _descend(self, entry: Entry) -> bool:
@@ -698,7 +696,7 @@ class Archiver:
         if kind == "d":
             if not self._descend(entry):
                 return None
-            prev_sub = prev.subtree if prev is not None and prev.type == "dir" else None
+            prev_sub = _subtree_of(prev)
             if prev_sub is None:
                 self.summary.dirs_new += 1
             return self._walk_dir(full, node, prev_sub)

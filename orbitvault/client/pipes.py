@@ -8,6 +8,8 @@ import contextlib
 import fcntl
 import os
 import pickle
+import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -163,7 +165,41 @@ class WorkerPool:
         kill_workers(self.workers)
 
 
-def worker_main(serve: Callable[[int, int], int]) -> None:
+def default_processes() -> int:
+    """Worker processes to use when none is asked for: two on a machine with two or more cores."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
+
+
+def serve(inp: int, out: int, start: Callable[[Any, int], Callable[..., None]]) -> int:
+    """A worker's loop: the setup frame makes a handler (`start(setup, out)`), then each request
+    frame is handled in order until the end of `inp`. Requests are taken in by a thread of their
+    own, so the parent's write of a request returns as soon as it is copied, not when this worker
+    has finished the one before (while another worker might be idle)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+    widen(out)
+    setup = read_frame(inp)
+    if setup is None:
+        return 0
+    handle = start(setup, out)
+    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def take() -> None:
+        try:
+            while (req := read_frame(inp)) is not None:
+                requests.put(req)
+        finally:
+            requests.put(None)
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        while (req := requests.get()) is not None:
+            handle(*req)
+    except BrokenPipeError:  # the parent is gone: nothing left to do
+        return 1
+    return 0
+
+
+def worker_main(start: Callable[[Any, int], Callable[..., None]]) -> None:
     """A worker's entry point: stdout is kept for frames (a stray print goes to stderr), and the
     allocator returns big buffers to the kernel when they are freed."""
     from orbitvault import allocator
@@ -171,4 +207,4 @@ def worker_main(serve: Callable[[int, int], int]) -> None:
     allocator.tune_worker()
     out = os.dup(1)
     os.dup2(2, 1)
-    sys.exit(serve(0, out))
+    sys.exit(serve(0, out, start))

@@ -33,8 +33,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import queue
-import signal
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -43,7 +41,7 @@ from typing import Any
 from orbitvault.client.chunker import Chunker, ChunkerParams
 from orbitvault.client.crypto import MasterKey
 from orbitvault.client.pack import BlobCodec, BlobType
-from orbitvault.client.pipes import Worker, WorkerPool, read_frame, widen, worker_main, write_frame
+from orbitvault.client.pipes import Worker, WorkerPool, read_frame, worker_main, write_frame
 from orbitvault.client.scan import Entry, PrevSig, Scanner, ScanSettings
 from orbitvault.client.tree import name_key
 from orbitvault.errors import OrbitVaultError
@@ -100,31 +98,8 @@ class _Reader:
         write_frame(self.out, ("end", warnings, error))
 
 
-def serve(inp: int, out: int) -> int:
-    """The reader's loop: setup, then requests until the end of `inp`. Requests are read by a
-    thread of their own, so the walking process never blocks writing one."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    widen(out)
-    setup = read_frame(inp)
-    if setup is None:
-        return 0
-    reader = _Reader(setup, out)
-    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def take() -> None:
-        try:
-            while (req := read_frame(inp)) is not None:
-                requests.put(req)
-        finally:
-            requests.put(None)
-
-    threading.Thread(target=take, daemon=True).start()
-    try:
-        while (req := requests.get()) is not None:
-            reader.scan(*req)
-    except BrokenPipeError:  # the walking process is gone: nothing left to do
-        return 1
-    return 0
+def _start(setup: dict[str, Any], out: int) -> Callable[..., None]:
+    return _Reader(setup, out).scan
 
 
 # --- the walking process's side ------------------------------------------------------------------
@@ -281,4 +256,4 @@ class ReaderPool(WorkerPool):
 
 
 if __name__ == "__main__":
-    worker_main(serve)
+    worker_main(_start)

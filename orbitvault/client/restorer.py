@@ -38,6 +38,7 @@ from typing import Any
 from orbitvault.client.backend import LocalBackend
 from orbitvault.client.filters import PathMatcher, could_contain_match
 from orbitvault.client.pack import PackEntry
+from orbitvault.client.pipes import default_processes
 from orbitvault.client.repository import Repository
 from orbitvault.client.snapshot import Snapshot
 from orbitvault.client.tree import Node, is_safe_name
@@ -105,9 +106,10 @@ def _display(path: tuple[str, ...]) -> str:
 
 
 _Group = list[tuple[PackEntry, list[tuple[RestoreFile, int]]]]
+_Blobs = dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]  # a pack's needed blobs by id
 
 
-def _groups(blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]) -> list[_Group]:
+def _groups(blobs: _Blobs) -> list[_Group]:
     """A pack's needed blobs in offset order, merged into ranged reads of up to 4 MiB (gaps under
     1 MiB are read and skipped)."""
     ranges: list[_Group] = []
@@ -225,9 +227,7 @@ class Restorer:
             self.summary.total_duration = round(time.monotonic() - t0, 3)
             return self.summary
         os.makedirs(self.opts.target, exist_ok=True)
-        self._root_fd = os.open(self.opts.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._dirs = FdCache(self._open_dir, 128)
-        self._files = FdCache(self._open_file, 256)
+        self._open_target()
         # With umask 0 a file is created with its final permission bits, which saves a chmod per
         # file (the descriptor is writable whatever the mode).
         old_umask = os.umask(0)
@@ -314,6 +314,12 @@ class Restorer:
                 out.append((n.type, path, n, True))
 
     # --- directories and descriptors -------------------------------------------------------
+
+    def _open_target(self) -> None:
+        """The target's descriptor and the descriptor caches below it (planner and writers)."""
+        self._root_fd = os.open(self.opts.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._dirs = FdCache(self._open_dir, 128)
+        self._files = FdCache(self._open_file, 256)
 
     def _open_dir(self, path: tuple[str, ...]) -> int:
         """Open (creating as needed) a directory below the target, never following a symlink."""
@@ -482,12 +488,12 @@ class Restorer:
     def _processes(self, refs: int) -> int:
         n = self.opts.processes
         if n is None:
-            return 2 if (os.cpu_count() or 1) >= 2 and refs >= _PROCESSES_FROM else 0
+            return default_processes() if refs >= _PROCESSES_FROM else 0
         return max(0, n) if refs else 0
 
     def _restore_batch(self, files: list[RestoreFile]) -> None:
         index = self.repo.index
-        plan: dict[bytes, dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]] = {}
+        plan: dict[bytes, _Blobs] = {}
         for f in files:
             offset = 0
             for bid in f.node.content or []:
@@ -515,15 +521,13 @@ class Restorer:
             for fut in [pool.submit(self._restore_pack, pid, blobs) for pid, blobs in plan.items()]:
                 fut.result()
 
-    def _restore_by_writers(
-        self, plan: dict[bytes, dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]], files: list[RestoreFile]
-    ) -> None:
-        """The writer processes get each pack's blobs and their targets. A local repository they
-        read themselves; from any other, packs are read here (a few ahead, on the pool: a remote
-        read waits on the network) and the bytes go along."""
+    def _restore_by_writers(self, plan: dict[bytes, _Blobs], files: list[RestoreFile]) -> None:
+        """The writer processes get each ranged read's blobs and their targets. A local repository
+        they read themselves; from any other, the ranges are read here (a few ahead, on the pool:
+        a remote read waits on the network) and the bytes go along."""
         fids = {id(f): i for i, f in enumerate(files)}
         self._writer_files = dict(enumerate(files))
-        local = isinstance(self.repo.backend, LocalBackend)
+        local = self._writers.reads_local
 
         def read(pack_id: bytes, group: _Group) -> list[Any]:
             buf = None if local else self._read_group(pack_id, group)  # a failed read fails its files here
@@ -572,9 +576,7 @@ class Restorer:
             else:
                 self._done_one(f)
 
-    def _restore_pack(
-        self, pack_id: bytes, blobs: dict[bytes, tuple[PackEntry, list[tuple[RestoreFile, int]]]]
-    ) -> None:
+    def _restore_pack(self, pack_id: bytes, blobs: _Blobs) -> None:
         for group in _groups(blobs):
             buf = self._read_group(pack_id, group)
             if buf is not None:

@@ -26,8 +26,6 @@ Protocol over the writer's stdin/stdout (`pipes.py` frames):
 from __future__ import annotations
 
 import os
-import queue
-import signal
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -37,8 +35,8 @@ from typing import Any
 from orbitvault.client.backend import LocalBackend, object_name
 from orbitvault.client.crypto import MasterKey
 from orbitvault.client.pack import BlobCodec, PackEntry
-from orbitvault.client.pipes import Worker, WorkerPool, read_frame, widen, worker_main, write_frame
-from orbitvault.client.restorer import FdCache, RestoreFile, RestoreOptions, Restorer
+from orbitvault.client.pipes import Worker, WorkerPool, read_frame, worker_main, write_frame
+from orbitvault.client.restorer import RestoreFile, RestoreOptions, Restorer
 from orbitvault.client.tree import Node
 from orbitvault.errors import OrbitVaultError
 
@@ -61,9 +59,7 @@ class _Writer:
         r = Restorer(repo, None, opts)  # type: ignore[arg-type]
         os.umask(0)  # like the planner: files are created with their final permission bits
         r._umask_cleared = True
-        r._root_fd = os.open(setup["target"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        r._dirs = FdCache(r._open_dir, 128)
-        r._files = FdCache(r._open_file, 256)
+        r._open_target()
         self.r = r
         self.files: dict[int, RestoreFile] = {}
 
@@ -97,32 +93,13 @@ class _Writer:
         )
 
 
-def serve(inp: int, out: int) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the planner decides
-    widen(out)
-    setup = read_frame(inp)
-    if setup is None:
-        return 0
+def _start(setup: dict[str, Any], out: int) -> Callable[..., None]:
     writer = _Writer(setup)
-    # Jobs are taken in by a thread of their own: the planner's write of a 16 MiB job returns as
-    # soon as it is copied, instead of waiting for this writer to finish its previous job (while
-    # the other writer might be idle).
-    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
-    def take() -> None:
-        try:
-            while (job := read_frame(inp)) is not None:
-                jobs.put(job)
-        finally:
-            jobs.put(None)
+    def job(*args: Any) -> None:
+        write_frame(out, writer.job(*args))
 
-    threading.Thread(target=take, daemon=True).start()
-    try:
-        while (job := jobs.get()) is not None:
-            write_frame(out, writer.job(*job))
-    except BrokenPipeError:  # the planner is gone
-        return 1
-    return 0
+    return job
 
 
 # --- the planning process's side -----------------------------------------------------------------
@@ -157,6 +134,7 @@ class WriterPool(WorkerPool):
     ) -> None:
         setup = {"key": key.raw, "local": local, "target": os.path.abspath(target), "sparse": sparse, "owner": owner}
         super().__init__()
+        self.reads_local = local is not None  # writers read the packs themselves
         self.on_answer = on_answer
         self.depth = depth
         self._cond = threading.Condition()
@@ -228,4 +206,4 @@ class WriterPool(WorkerPool):
 
 
 if __name__ == "__main__":
-    worker_main(serve)
+    worker_main(_start)
