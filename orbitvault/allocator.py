@@ -21,6 +21,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 TOP_PAD = 32 << 20
 ARENA_MAX = 2
+WORKER_MMAP_THRESHOLD = 20 << 20  # above a job's largest buffer (an 8 MiB chunk and its sealed copy)
 
 
 def tune() -> bool:
@@ -39,10 +40,12 @@ def tune() -> bool:
 
 
 def tune_worker() -> bool:
-    """A worker process (backup reader, restore writer) holds a few multi-MiB buffers at a time:
-    a fixed mmap threshold hands each back to the kernel when freed (glibc's default raises the
-    threshold after the first free and then keeps such buffers on the heap), so two workers add
-    tens of MiB, not a hundred, to a backup's or restore's memory."""
+    """A worker process (backup reader, restore writer) handles one job at a time, with buffers
+    of up to two chunks (8 MiB each): a fixed mmap threshold above that keeps every buffer on the
+    heap, reused from job to job, and the top pad keeps the heap from being handed back between
+    jobs. The earlier threshold of 256 KiB mapped and unmapped each buffer, and the page faults
+    and zeroing cost a 1 GiB restore 0.6 s of system time (BENCHMARKS.md); the heap costs the
+    two writers 10 MiB of RSS more."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -50,7 +53,9 @@ def tune_worker() -> bool:
         return False
     applied = False
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        applied |= bool(mallopt(M_MMAP_THRESHOLD, 256 << 10))
+        applied |= bool(mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD))
+    if "MALLOC_TOP_PAD_" not in os.environ:
+        applied |= bool(mallopt(M_TOP_PAD, TOP_PAD))
     if "MALLOC_ARENA_MAX" not in os.environ:
         applied |= bool(mallopt(M_ARENA_MAX, ARENA_MAX))
     return applied

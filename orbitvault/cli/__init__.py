@@ -12,6 +12,10 @@ add about 0.1 s to every backup-client command.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import threading
+from typing import NoReturn
 
 import click
 
@@ -53,4 +57,26 @@ register_backup(cli)
 
 def main() -> None:
     allocator.tune()
-    cli()
+    try:
+        cli()
+    except SystemExit as e:
+        _exit(e)
+
+
+def _exit(e: SystemExit) -> NoReturn:
+    """Leave without tearing the interpreter down when nothing is left to run: freeing a large
+    restore's or backup's objects one by one took 0.2 s after the work was done. Every write is
+    finished (and fsynced) by then; what remains is flushed here."""
+    code = e.code
+    if not (code is None or isinstance(code, int)) or any(
+        not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    ):
+        raise e  # a message to print, or threads to wait for: the normal way out
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone (a pipe's reader left)
+            code = code or 1
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    os._exit(code or 0)

@@ -23,6 +23,7 @@ _PREFIX = struct.Struct("<4sBI")  # magic, version, supersedes count
 _PACK = struct.Struct("<32sI")  # pack id, entry count
 _ENTRY = struct.Struct("<BBIII32s")  # type, flags, offset, length, raw length, blob id
 _COUNT = struct.Struct("<I")
+_TYPES = dict(enumerate(BlobType))  # faster than BlobType(t), and a bad type is a KeyError
 
 
 def encode_index(packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()) -> bytes:
@@ -55,11 +56,13 @@ def decode_index(data: bytes) -> tuple[dict[bytes, list[PackEntry]], list[bytes]
             if end > len(mv):
                 raise InvalidFormat("index object truncated")
             entries = [
-                PackEntry(BlobType(t), flags, off, length, raw, bytes(bid))
+                PackEntry(_TYPES[t], flags, off, length, raw, bid)
                 for t, flags, off, length, raw, bid in _ENTRY.iter_unpack(mv[pos:end])
             ]
             packs.setdefault(bytes(pack_id), []).extend(entries)
             pos = end
+    except KeyError as e:
+        raise InvalidFormat(f"index object: unknown blob type {e}") from None
     except (struct.error, ValueError) as e:
         raise InvalidFormat(f"malformed index object: {e}") from None
     if pos != len(mv):

@@ -14,6 +14,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 import zstandard
 
@@ -47,9 +48,10 @@ class EncodedBlob:
     flags: int
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
-    """One blob in one pack (what pack headers and index objects record)."""
+class PackEntry(NamedTuple):
+    """One blob in one pack (what pack headers and index objects record). A named tuple: an
+    index holds one per blob and is decoded before every command can start (3x faster to make
+    than a frozen dataclass)."""
 
     type: BlobType
     flags: int

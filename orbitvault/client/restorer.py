@@ -30,7 +30,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,7 +47,8 @@ from orbitvault.errors import OrbitVaultError
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MERGE_GAP = 1 << 20
 _MAX_READ = 4 << 20  # a ranged read spans at most this (a blob longer than it is read alone)
-_BATCH_REFS = 200_000
+_BATCH_REFS = 200_000  # blobs planned at a time for threads
+_STREAM_REFS = 1000  # ... and for writer processes, which write while the walk goes on
 _PROCESSES_FROM = 2000  # blobs to write: below that, starting writer processes costs more than it saves
 _READ_AHEAD = 4  # ranged reads ahead of the writers
 
@@ -199,7 +200,10 @@ class Restorer:
         self._umask_cleared = False
         self._ids = (os.geteuid(), os.getegid())
         self._writers: Any = None  # writers.WriterPool while contents are written by processes
-        self._writer_files: dict[int, RestoreFile] = {}
+        self._writer_files: dict[int, RestoreFile] = {}  # by id, as the writers know them
+        self._read_pool: ThreadPoolExecutor | None = None  # reads ahead for writers (not local)
+        self._ahead: deque[tuple[bytes, Future[list[Any]]]] = deque()
+        self._primaries: dict[tuple[int, int], RestoreFile] = {}  # hard-linked files by (device, inode)
 
     # --- public ----------------------------------------------------------------------------
 
@@ -217,10 +221,8 @@ class Restorer:
 
     def _run(self) -> RestoreSummary:
         t0 = time.monotonic()
-        items: list[tuple[str, tuple[str, ...], Node, bool]] = []
-        self._collect(self.snapshot.tree, (), items)
         if self.opts.dry_run:
-            for kind, _p, n, _sel in items:
+            for kind, _p, n, _sel in self._walk():
                 if kind == "file":
                     self.summary.files_restored += 1
                     self.summary.bytes_restored += n.size
@@ -233,10 +235,7 @@ class Restorer:
         old_umask = os.umask(0)
         self._umask_cleared = True
         try:
-            # Writers start now, so they are up by the time the directories and files are made.
-            self._start_writers(sum(len(n.content or ()) for kind, _p, n, _s in items if kind == "file"))
-            files = self._create(items)
-            self._restore_contents([f for f in files if f.link_to is None and f.remaining > 0])
+            files = self._create_and_write()
             self._link(files)
             self._dir_metadata()
             if self.opts.verify:
@@ -245,6 +244,9 @@ class Restorer:
             if self._writers is not None:  # only when something failed on the way
                 self._writers.kill()
                 self._writers = None
+            if self._read_pool is not None:
+                self._read_pool.shutdown(wait=True, cancel_futures=True)
+                self._read_pool = None
             os.umask(old_umask)
             self._umask_cleared = False
             self._files.close_all()
@@ -254,13 +256,59 @@ class Restorer:
         self.summary.total_duration = round(time.monotonic() - t0, 3)
         return self.summary
 
+    def _create_and_write(self) -> list[RestoreFile]:
+        """Walk the snapshot, making what it holds and handing contents over in batches as it goes.
+
+        With writer processes a batch is small (`_STREAM_REFS` blobs): they write the first files
+        while this process is still reading trees and making directories, so the two cores share
+        the planning too. Threads write a batch before the walk goes on, so theirs are large.
+        """
+        files: list[RestoreFile] = []
+        items: list[tuple[str, tuple[str, ...], Node, bool]] = []
+        refs = seen = 0  # blobs in `items`; blobs walked in all
+        start_at = self._writers_from()
+        for item in self._walk():
+            items.append(item)
+            if item[0] != "file":
+                continue
+            n = len(item[2].content or ())
+            refs += n
+            seen += n
+            if seen >= start_at:
+                start_at = 1 << 62
+                self._start_writers()
+            if refs >= (_STREAM_REFS if self._writers is not None else _BATCH_REFS):
+                self._create_batch(items, files)
+                items, refs = [], 0
+        self._create_batch(items, files)
+        if self._writers is not None:
+            while self._ahead:
+                self._hand_over(*self._ahead.popleft())
+            self._writers.drain()
+            self._writers.close()
+            self._writers = None
+        return files
+
+    def _create_batch(self, items: list[tuple[str, tuple[str, ...], Node, bool]], files: list[RestoreFile]) -> None:
+        new = self._create(items)
+        files += new
+        todo = [f for f in new if f.link_to is None and f.remaining > 0]
+        if todo:
+            self._restore_batch(todo)
+
+    def _writers_from(self) -> int:
+        """Blobs walked before writer processes start (never: more than there can be)."""
+        n = self.opts.processes
+        if n is None:
+            return _PROCESSES_FROM if default_processes() else 1 << 62
+        return 1 if n > 0 else 1 << 62
+
     def needed_packs(self) -> set[bytes]:
         """Packs holding the content of what `run` would restore, so a cold repository can stage
         exactly those first. Reads the snapshot's trees; problems are left for `run` to report."""
-        items: list[tuple[str, tuple[str, ...], Node, bool]] = []
         on_error, self.on_error = self.on_error, None
         try:
-            self._collect(self.snapshot.tree, (), items)
+            items = list(self._walk())
         finally:
             self.on_error = on_error
             self.errors.clear()
@@ -284,34 +332,44 @@ class Restorer:
         if self.on_error:
             self.on_error(e)
 
-    def _collect(
-        self, tree_id: bytes, rel: tuple[str, ...], out: list[tuple[str, tuple[str, ...], Node, bool]]
-    ) -> None:
+    def _walk(self) -> Iterator[tuple[str, tuple[str, ...], Node, bool]]:
+        """What to restore, depth first: (type, path, node, selected), a directory before what it
+        holds. Unsafe and duplicate names are refused (reported, skipped) here."""
+        stack = [(self._tree_nodes(self.snapshot.tree, ()), (), set[str]())]
+        filtered = bool(self.excludes or self.includes)
+        selected = True
+        while stack:
+            nodes, rel, seen = stack[-1]
+            for n in nodes:
+                if not is_safe_name(n.name):
+                    self._error(rel, f"refusing unsafe name {n.name!r} in the snapshot")
+                    continue
+                if n.name in seen:
+                    self._error((*rel, n.name), "refusing duplicate name in the snapshot")
+                    continue
+                seen.add(n.name)
+                path = (*rel, n.name)
+                if filtered:
+                    p = _display(path)
+                    if self.excludes and self.excludes.match(p):
+                        continue
+                    selected = not self.includes or self.includes.match(p)
+                if n.type == "dir":
+                    if selected or could_contain_match(p, self.includes.patterns + self.includes.ipatterns):
+                        yield ("dir", path, n, selected)
+                        stack.append((self._tree_nodes(n.subtree, path), path, set()))  # type: ignore[arg-type]
+                        break
+                elif selected:
+                    yield (n.type, path, n, True)
+            else:
+                stack.pop()
+
+    def _tree_nodes(self, tree_id: bytes, rel: tuple[str, ...]) -> Iterator[Node]:
         try:
-            nodes = self.repo.load_tree(tree_id)
+            return iter(self.repo.load_tree(tree_id))
         except OrbitVaultError as e:
             self._error(rel, f"cannot load tree {tree_id.hex()[:8]}: {e}")
-            return
-        seen: set[str] = set()
-        for n in nodes:
-            if not is_safe_name(n.name):
-                self._error(rel, f"refusing unsafe name {n.name!r} in the snapshot")
-                continue
-            if n.name in seen:
-                self._error((*rel, n.name), "refusing duplicate name in the snapshot")
-                continue
-            seen.add(n.name)
-            path = (*rel, n.name)
-            p = _display(path)
-            if self.excludes and self.excludes.match(p):
-                continue
-            selected = not self.includes or self.includes.match(p)
-            if n.type == "dir":
-                if selected or could_contain_match(p, self.includes.patterns + self.includes.ipatterns):
-                    out.append(("dir", path, n, selected))
-                    self._collect(n.subtree, path, out)  # type: ignore[arg-type]
-            elif selected:
-                out.append((n.type, path, n, True))
+            return iter(())
 
     # --- directories and descriptors -------------------------------------------------------
 
@@ -389,10 +447,11 @@ class Restorer:
             return os.open(name, flags, mode, dir_fd=parent)
 
     def _create(self, items: list[tuple[str, tuple[str, ...], Node, bool]]) -> list[RestoreFile]:
+        """Make the directories, symlinks, empty and multi-blob files of `items`; one-blob files
+        are only planned (the writer of their blob creates them)."""
         assert self._dirs is not None and self._files is not None
         files: list[RestoreFile] = []
-        primaries: dict[tuple[int, int], RestoreFile] = {}
-        ensured: tuple[str, ...] | None = None  # the last parent made sure of (items come depth first)
+        ensured: tuple[str, ...] | None = None  # the last directory made sure of (items come depth first)
         for kind, path, node, selected in items:
             if kind == "dir":
                 self._dir_nodes[path] = node
@@ -400,16 +459,40 @@ class Restorer:
                     try:
                         self._ensure_dir(path)
                         self.summary.dirs_restored += 1
+                        ensured = path
                     except OSError as e:
                         self._error(path, e)
                 continue
+            where = path[:-1]
             try:
-                if path[:-1] and path[:-1] != ensured:
-                    self._ensure_dir(path[:-1])
-                    ensured = path[:-1]
-                parent = self._dirs.acquire(path[:-1])
+                if where and where != ensured:
+                    self._ensure_dir(where)
+                    ensured = where
             except OSError as e:
                 self._error(path, e)
+                continue
+            if kind == "file":
+                f = RestoreFile(path, node)
+                if node.links > 1:
+                    key = (node.device_id, node.inode)
+                    primary = self._primaries.get(key)
+                    if primary is not None:
+                        f.link_to = primary
+                        files.append(f)
+                        continue
+                    self._primaries[key] = f
+                f.remaining = len(node.content or ())
+                self.summary.files_restored += 1
+                files.append(f)
+                if f.remaining == 1:
+                    f.single = True  # created by the worker that writes its blob
+                    continue
+            try:
+                parent = self._dirs.acquire(where)
+            except OSError as e:
+                self._error(path, e)
+                if kind == "file":
+                    f.failed, f.remaining = True, 0
                 continue
             try:
                 if kind == "symlink":
@@ -418,20 +501,6 @@ class Restorer:
                     self._symlink_metadata(parent, path[-1], node)
                     self.summary.symlinks_restored += 1
                 elif kind == "file":
-                    f = RestoreFile(path, node)
-                    key = (node.device_id, node.inode)
-                    if node.links > 1 and key in primaries:
-                        f.link_to = primaries[key]
-                        files.append(f)
-                        continue
-                    if node.links > 1:
-                        primaries[key] = f
-                    f.remaining = len(node.content or [])
-                    self.summary.files_restored += 1
-                    files.append(f)
-                    if f.remaining == 1:
-                        f.single = True  # created by the worker that writes its blob
-                        continue
                     fd = self._create_file(parent, path[-1], node, final_mode=f.remaining == 0)
                     try:
                         if node.size:
@@ -444,52 +513,34 @@ class Restorer:
                     self._error(path, f"{kind} nodes are not restored")
             except OSError as e:
                 self._error(path, e)
+                if kind == "file":
+                    f.failed, f.remaining = True, 0
             finally:
-                self._dirs.release(path[:-1])
+                self._dirs.release(where)
         return files
 
     # --- contents --------------------------------------------------------------------------
 
-    def _start_writers(self, refs: int) -> None:
-        processes = self._processes(refs)
-        if not processes:
-            return
+    def _start_writers(self) -> None:
         from orbitvault.client.writers import WriterPool  # imports this module
 
         backend = self.repo.backend
+        local = isinstance(backend, LocalBackend)
         try:
             self._writers = WriterPool(
                 key=self.repo.key,
-                local=str(backend.root) if isinstance(backend, LocalBackend) else None,
+                local=str(backend.root) if local else None,
                 target=self.opts.target,
                 sparse=self.opts.sparse,
                 owner=self.owner,
-                processes=processes,
+                processes=self.opts.processes or default_processes(),
                 on_answer=self._writer_answer,
             )
         except OSError:
             self._writers = None  # no processes to be had: the threads do it
-
-    def _restore_contents(self, files: list[RestoreFile]) -> None:
-        batch: list[RestoreFile] = []
-        refs = 0
-        for f in files:
-            batch.append(f)
-            refs += f.remaining
-            if refs >= _BATCH_REFS:
-                self._restore_batch(batch)
-                batch, refs = [], 0
-        if batch:
-            self._restore_batch(batch)
-        if self._writers is not None:
-            self._writers.close()
-            self._writers = None
-
-    def _processes(self, refs: int) -> int:
-        n = self.opts.processes
-        if n is None:
-            return default_processes() if refs >= _PROCESSES_FROM else 0
-        return max(0, n) if refs else 0
+            return
+        if not local:
+            self._read_pool = ThreadPoolExecutor(max(1, self.opts.workers), thread_name_prefix="restore-read")
 
     def _restore_batch(self, files: list[RestoreFile]) -> None:
         index = self.repo.index
@@ -524,32 +575,30 @@ class Restorer:
     def _restore_by_writers(self, plan: dict[bytes, _Blobs], files: list[RestoreFile]) -> None:
         """The writer processes get each ranged read's blobs and their targets. A local repository
         they read themselves; from any other, the ranges are read here (a few ahead, on the pool:
-        a remote read waits on the network) and the bytes go along."""
-        fids = {id(f): i for i, f in enumerate(files)}
-        self._writer_files = dict(enumerate(files))
-        local = self._writers.reads_local
+        a remote read waits on the network) and the bytes go along. Returns once every job is
+        handed over (or read ahead), not when it is written."""
+        fids: dict[int, int] = {}
+        for fid, f in enumerate(files, len(self._writer_files)):
+            fids[id(f)] = fid
+            self._writer_files[fid] = f
 
-        def read(pack_id: bytes, group: _Group) -> list[Any]:
-            buf = None if local else self._read_group(pack_id, group)  # a failed read fails its files here
-            if not local and buf is None:
-                return []
-            entries = [
-                ((e.type, e.flags, e.offset, e.length, e.raw_length, e.id), [(fids[id(f)], off) for f, off in targets])
-                for e, targets in group
-            ]
+        def job(pack_id: bytes, group: _Group) -> list[Any]:
+            buf = None if self._read_pool is None else self._read_group(pack_id, group)
+            if self._read_pool is not None and buf is None:
+                return []  # the read failed and failed its files
+            entries = [(e, [(fids[id(f)], off) for f, off in targets]) for e, targets in group]
             return [(entries, None if buf is None else pickle.PickleBuffer(buf))]
 
-        # One job per ranged read (<= 4 MiB), a few read ahead: memory stays bounded by those.
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.workers), thread_name_prefix="restore-read") as pool:
-            ahead: deque[tuple[bytes, Future[list[Any]]]] = deque()
-            for pack_id, blobs in plan.items():
-                for group in _groups(blobs):
-                    ahead.append((pack_id, pool.submit(read, pack_id, group)))
-                    if len(ahead) >= _READ_AHEAD:
-                        self._hand_over(*ahead.popleft())
-            while ahead:
-                self._hand_over(*ahead.popleft())
-        self._writers.drain()
+        # One job per ranged read (<= 4 MiB); from a remote repository a few are read ahead, so
+        # memory stays bounded by those.
+        for pack_id, blobs in plan.items():
+            for group in _groups(blobs):
+                if self._read_pool is None:
+                    self._writers.submit(pack_id, job(pack_id, group), self._writer_files)
+                    continue
+                self._ahead.append((pack_id, self._read_pool.submit(job, pack_id, group)))
+                if len(self._ahead) >= _READ_AHEAD:
+                    self._hand_over(*self._ahead.popleft())
 
     def _hand_over(self, pack_id: bytes, fut: Future[list[Any]]) -> None:
         groups = fut.result()

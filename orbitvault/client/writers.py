@@ -34,7 +34,7 @@ from typing import Any
 
 from orbitvault.client.backend import LocalBackend, object_name
 from orbitvault.client.crypto import MasterKey
-from orbitvault.client.pack import BlobCodec, PackEntry
+from orbitvault.client.pack import BlobCodec
 from orbitvault.client.pipes import Worker, WorkerPool, read_frame, worker_main, write_frame
 from orbitvault.client.restorer import RestoreFile, RestoreOptions, Restorer
 from orbitvault.client.tree import Node
@@ -73,7 +73,7 @@ class _Writer:
         done_before, sparse_before = r.summary.bytes_restored, r.summary.bytes_sparse
         touched: list[int] = []
         for entries, buf in groups:
-            group = [(PackEntry(*e), [(self.files[fid], off) for fid, off in targets]) for e, targets in entries]
+            group = [(e, [(self.files[fid], off) for fid, off in targets]) for e, targets in entries]
             touched += [fid for _e, targets in entries for fid, _off in targets]
             view = memoryview(buf) if buf is not None else r._read_group(pack_id, group)
             if view is not None:  # a failed read has marked its files failed, with the error
