@@ -221,6 +221,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err[-2000:]}")
+    run.cpu = usage.ru_utime + usage.ru_stime  # type: ignore[attr-defined]  # the tool and its reaped children
     return dt, max(peak // (1 << 20), usage.ru_maxrss // 1024)
 
 
@@ -416,7 +417,10 @@ def main() -> None:
                     "mb_s": round(size / dt / 1e6, 1),
                     "peak_rss_mib": max(rss, cur["peak_rss_mib"] if cur else 0),
                 }
-            print(f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB", file=sys.stderr)
+            print(
+                f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB  cpu {run.cpu:6.2f}s",
+                file=sys.stderr,
+            )
 
         # Steps alternate between the tools and repeat (best time kept): the disk of a shared
         # machine is noisy, and neither tool should pay for the other's write-back.

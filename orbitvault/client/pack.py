@@ -113,39 +113,60 @@ class BlobCodec:
 
 
 class PackWriter:
-    """Accumulates sealed blobs of one pack; `finish` appends the sealed header and names the pack."""
+    """Accumulates sealed blobs of one pack; `finish` appends the sealed header and names the pack.
 
-    def __init__(self, key: MasterKey) -> None:
+    `buf` may be a buffer a finished pack is done with: it is written over, not reallocated, so a
+    backup faults in each pack buffer's pages once, not once per pack (that faulting, under the
+    GIL, was a third of the large-file phase's time). Its length is its capacity; `size` is what
+    this pack holds.
+    """
+
+    def __init__(self, key: MasterKey, buf: bytearray | None = None) -> None:
         self.key = key
-        self.buf = bytearray()
+        self.buf = bytearray() if buf is None else buf
+        self._n = 0
         self.entries: list[PackEntry] = []
 
     @property
     def size(self) -> int:
-        return len(self.buf)
+        return self._n
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _append(self, data: bytes | bytearray | memoryview) -> int:
+        offset, end = self._n, self._n + len(data)
+        if end <= len(self.buf):
+            self.buf[offset:end] = data  # same length: a copy into pages already there
+        else:
+            try:
+                self.buf[offset:] = data  # grows (never shrinks: the capacity is kept)
+            except BufferError:  # a view of an earlier pack held on to it somewhere: leave it be
+                grown = bytearray(memoryview(self.buf)[:offset])
+                grown += data
+                self.buf = grown
+        self._n = end
+        return offset
+
     def add(self, blob: EncodedBlob) -> None:
-        offset = len(self.buf)
-        self.buf += blob.sealed
+        offset = self._append(blob.sealed)
         self.entries.append(PackEntry(blob.type, blob.flags, offset, len(blob.sealed), blob.raw_length, blob.id))
 
     def add_sealed(self, entry: PackEntry, sealed: bytes | memoryview) -> None:
         """Copy an already sealed blob (prune's repack): blobs do not depend on their pack."""
-        offset = len(self.buf)
-        self.buf += sealed
+        offset = self._append(sealed)
         self.entries.append(PackEntry(entry.type, entry.flags, offset, len(sealed), entry.raw_length, entry.id))
 
-    def finish(self) -> tuple[bytes, bytearray, list[PackEntry]]:
+    def finish(self) -> tuple[bytes, memoryview, list[PackEntry]]:
+        """(pack id, the pack's bytes: a view of `buf`, to release before `buf` is reused, entries)."""
         header = bytearray(_HEADER_PREFIX.pack(PACK_MAGIC, PACK_VERSION, len(self.entries)))
         for e in self.entries:
             header += _ENTRY.pack(e.type, e.flags, e.length, e.raw_length, e.id)
         sealed = self.key.seal(header, PACK_HEADER_AAD)
-        self.buf += sealed
-        self.buf += _TRAILER.pack(len(sealed))
-        return object_id(self.buf), self.buf, self.entries
+        self._append(sealed)
+        self._append(_TRAILER.pack(len(sealed)))
+        view = memoryview(self.buf)[: self._n]
+        return object_id(view), view, self.entries
 
 
 def parse_header(key: MasterKey, sealed_header: bytes | memoryview, blobs_size: int) -> list[PackEntry]:

@@ -51,6 +51,7 @@ DEFAULT_LOCK_LEASE_S = 300.0
 _OBJ_RAW = 0
 _OBJ_ZSTD = 1
 _MAX_OBJECT = 1 << 31
+_SPARE_BUFFERS = 4  # pack buffers kept for reuse: the uploader queue (2) + one filling per blob type
 
 
 def lock_lease_seconds() -> float:
@@ -678,7 +679,8 @@ class Packer:
         self._t0 = time.monotonic()
         self._sent = 0
         self._lock = threading.Lock()
-        self._uploads: queue.Queue[tuple[bytes, bytearray, list[PackEntry]] | None] | None = None
+        self._uploads: queue.Queue[tuple[bytes, memoryview, list[PackEntry]] | None] | None = None
+        self._spare: list[bytearray] = []  # buffers of stored packs, for the next packs to fill
         self._threads: list[threading.Thread] = []
         if background:
             # A remote store answers a put only after its own pipeline (the gateway: erasure
@@ -694,7 +696,7 @@ class Packer:
         with self._lock:
             w = self.writers.get(blob.type)
             if w is None:
-                w = self.writers[blob.type] = PackWriter(self.repo.key)
+                w = self.writers[blob.type] = self._writer()
             w.add(blob)
             st = self.stats
             st.blobs += 1
@@ -722,7 +724,7 @@ class Packer:
         with self._lock:
             w = self.writers.get(entry.type)
             if w is None:
-                w = self.writers[entry.type] = PackWriter(self.repo.key)
+                w = self.writers[entry.type] = self._writer()
             w.add_sealed(entry, sealed)
             self.stats.blobs += 1
             self.stats.bytes_stored += len(sealed)
@@ -731,6 +733,10 @@ class Packer:
             self._cache_tree(entry.id, sealed)
         if full is not None:
             self._dispatch(full)
+
+    def _writer(self) -> PackWriter:
+        """Under the lock: a pack writer, on a spare buffer when there is one."""
+        return PackWriter(self.repo.key, self._spare.pop() if self._spare else None)
 
     def _take(self, blob_type: BlobType) -> PackWriter:
         return self.writers.pop(blob_type)
@@ -763,11 +769,15 @@ class Packer:
             except BaseException as e:
                 self.error = e
 
-    def _store(self, pack_id: bytes, data: bytearray, entries: list[PackEntry]) -> None:
+    def _store(self, pack_id: bytes, data: memoryview, entries: list[PackEntry]) -> None:
         if not self.dry_run:
             self._throttle(len(data))
             self.repo.backend.put(self.repo.pack_name(pack_id), data)
+        buf = data.obj
+        data.release()  # stored: the buffer may be written over (and grown) by a later pack
         with self._lock:
+            if len(self._spare) < _SPARE_BUFFERS:
+                self._spare.append(buf)  # type: ignore[arg-type]
             self.repo.index.add_pack(pack_id, entries)
             self.pending[pack_id] = entries
             self.pack_ids.append(pack_id.hex())

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from orbitvault.client.backend import LocalBackend, object_name
-from orbitvault.client.crypto import MasterKey
+from orbitvault.client.crypto import MasterKey, object_id
 from orbitvault.client.errors import CorruptObject, InvalidFormat
 from orbitvault.client.index import Index, decode_index, encode_index
 from orbitvault.client.pack import FLAG_ZSTD, BlobCodec, BlobType, PackEntry, PackWriter, read_header, split_pack
@@ -59,6 +59,35 @@ def test_pack_roundtrip_in_memory_and_from_a_backend(tmp_path: Path) -> None:
         split_pack(key, bytes(damaged))
     with pytest.raises(CorruptObject):
         split_pack(MasterKey.generate(), data)
+
+
+def test_a_reused_pack_buffer_makes_the_same_packs() -> None:
+    """A buffer written over by a later pack: longer or shorter than before, or still viewed by
+    someone holding the earlier pack (it is then left alone, not resized under them)."""
+    key = MasterKey.generate()
+    codec = BlobCodec(key)
+    big = [codec.encode(BlobType.DATA, os.urandom(n)) for n in (90_000, 40_000)]
+    small = [codec.encode(BlobType.DATA, os.urandom(n)) for n in (300, 20)]
+    bigger = [codec.encode(BlobType.DATA, os.urandom(n)) for n in (200_000, 1)]
+
+    def pack(blobs: list, buf: bytearray | None = None) -> tuple[list[PackEntry], bytes, PackWriter]:
+        """The pack's entries and its blobs (the sealed header differs every time: a fresh salt)."""
+        w = PackWriter(key, buf)
+        for b in blobs:
+            w.add(b)
+        pack_id, view, entries = w.finish()
+        assert pack_id == object_id(view) and split_pack(key, view) == entries
+        end = entries[-1].offset + entries[-1].length
+        return entries, bytes(view[:end]), w
+
+    *_rest, first = pack(big)
+    buf = first.buf
+    assert pack(small, buf)[:2] == pack(small)[:2]  # shorter than the stale bytes after it
+    assert pack(bigger, buf)[:2] == pack(bigger)[:2]  # grows it
+    held = memoryview(buf)[:10]  # an earlier pack's reader still holds a view
+    huge = [codec.encode(BlobType.DATA, os.urandom(len(buf) + 10))]
+    assert pack(huge, buf)[:2] == pack(huge)[:2]
+    assert held.tobytes() == bytes(buf[:10])
 
 
 def test_large_header_needs_a_second_read(tmp_path: Path) -> None:
