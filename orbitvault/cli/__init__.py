@@ -20,6 +20,7 @@ from typing import NoReturn
 import click
 
 from orbitvault import __version__, allocator
+from orbitvault.cli import backup_common
 from orbitvault.cli.backup import register as register_backup
 
 _LAZY = {
@@ -57,6 +58,7 @@ register_backup(cli)
 
 def main() -> None:
     allocator.tune()
+    backup_common.PROCESS_ENDS_WITH_COMMAND = True
     try:
         cli()
     except SystemExit as e:

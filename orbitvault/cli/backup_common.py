@@ -27,6 +27,10 @@ import platformdirs
 from orbitvault.client.errors import RepositoryLocked, RepositoryNotFound, WrongPassword
 from orbitvault.errors import OrbitVaultError
 
+# True when the command runs in a process of its own that ends with it (`main`), not inside a
+# test's or an application's interpreter: a command may then skip tidying the interpreter up.
+PROCESS_ENDS_WITH_COMMAND = False
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INCOMPLETE = 3
