@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -270,7 +270,6 @@ class Archiver:
         # start when a window reads readers_after small files and at least half of what it sees.
         self._window_seen = 0
         self._window_read = 0
-        self._scans: dict[str, Scan] = {}  # requested from the readers, not yet walked
         self.parent: Snapshot | None = None
         # progress, read by the CLI's progress display (approximate while running)
         self.current_path = ""
@@ -531,6 +530,7 @@ class Archiver:
                 processes=self._read_processes,
                 on_blob=self._reader_blob,
                 load_prev=self._load_prev,
+                subdirs=self._subdirs,
             )
         except OSError as e:
             self.warnings.append(f"reader processes unavailable, reading in one process: {e.strerror or e}")
@@ -644,22 +644,25 @@ class Archiver:
         if self._readers is None:
             self._start_readers()
         if self._readers is not None:
-            scan = self._scans.pop(path, None) or self._readers.request(path, prev_subtree)
-            self._readers.wait(scan, self._reader_wait)
+            scan = self._readers.take(path, prev_subtree, self._root_dev, self._reader_wait)
             prev: dict[str, Node] = scan.prev
             if scan.error is not None:
                 self._error(path, OSError(*scan.error))
             self.warnings.extend(scan.warnings)
-            entries: Iterable[Entry] = scan.entries
-            self._prefetch(base, scan.entries, prev)
+            entries: list[Entry] = scan.entries
         else:
             prev = self._prev_children(prev_subtree)
             try:
-                entries = self._scanner.scan(path, _signatures(prev), self.warnings)
+                entries = list(self._scanner.scan(path, _signatures(prev), self.warnings))
             except OSError as e:
                 self._error(path, e)
-                entries = ()
-        for entry in entries:
+                entries = []
+        in_process = self._readers is None
+        for i, entry in enumerate(entries):
+            if in_process and self._readers is not None:
+                # The readers started below this directory: its other subdirectories are theirs.
+                in_process = False
+                self._readers.expect(self._subdirs_of(base, entries[i:], prev, self._root_dev), self._root_dev)
             slot = self._entry(base, entry, prev.get(entry[1]))
             if slot is not None:
                 pd.slots.append(slot)
@@ -669,18 +672,23 @@ class Archiver:
             self._drain(block=True, keep=2048)
         return pd
 
-    def _prefetch(self, base: str, entries: list[Entry], prev: dict[str, Node]) -> None:
-        """Ask the readers for this directory's subdirectories before the walk descends."""
-        assert self._readers is not None
-        for entry in entries:
-            if entry[0] == "d" and self._descend(entry):
-                full = f"{base}/{entry[1]}"
-                self._scans[full] = self._readers.request(full, _subtree_of(prev.get(entry[1])))
-        self._readers.pump()
+    def _subdirs(self, scan: Scan) -> list[tuple[str, bytes | None]]:
+        """Result thread: the subdirectories of a reader's scan the walk will descend into."""
+        return self._subdirs_of(scan.path.rstrip("/"), scan.entries, scan.prev, scan.root_dev)
 
-    def _descend(self, entry: Entry) -> bool:
+    def _subdirs_of(
+        self, base: str, entries: list[Entry], prev: dict[str, Node], root_dev: int | None
+    ) -> list[tuple[str, bytes | None]]:
+        """(path, parent snapshot's subtree) of each directory among `entries` the walk descends into."""
+        return [
+            (f"{base}/{e[1]}", _subtree_of(prev.get(e[1])))
+            for e in entries
+            if e[0] == "d" and self._descend(e, root_dev)
+        ]
+
+    def _descend(self, entry: Entry, root_dev: int | None) -> bool:
         """--one-file-system: a directory on another device than its target is left out."""
-        return not (self.opts.one_file_system and self._root_dev is not None and entry[2][8] != self._root_dev)
+        return not (self.opts.one_file_system and root_dev is not None and entry[2][8] != root_dev)
 
     def _entry(self, base: str, entry: Entry, prev: Node | None) -> Any:
         kind, name = entry[0], entry[1]
@@ -694,7 +702,7 @@ class Archiver:
             return None
         node = node_from_entry(entry)
         if kind == "d":
-            if not self._descend(entry):
+            if not self._descend(entry, self._root_dev):
                 return None
             prev_sub = _subtree_of(prev)
             if prev_sub is None:

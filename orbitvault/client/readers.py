@@ -8,8 +8,10 @@ BENCHMARKS.md). A reader process has its own interpreter: the walk, the readers 
 threads (large files) use both cores.
 
 The walking process asks for directories ahead of the walk: a directory is requested as soon as
-its parent's scan names it, and requests leave in the walk's own order (depth first, names in
-byte order), so the scan the walk needs next is usually done. Dedupe stays exact: a reader seals
+its parent's scan is complete (by the result thread that receives it, not when the walk gets
+there: otherwise each reader ran dry for ~1 s of a 1 GiB backup, at every end of a subtree), and
+requests leave in the walk's own order (depth first, names in byte order), so the scan the walk
+needs next is usually done. Dedupe stays exact: a reader seals
 each content once, and the walking process claims every blob id before packing it (a reader's
 seal of a blob that is already stored is dropped there).
 
@@ -108,11 +110,12 @@ def _start(setup: dict[str, Any], out: int) -> Callable[..., None]:
 class Scan:
     """One directory's scan, filled in by a result thread; `done` is set when it is complete."""
 
-    __slots__ = ("done", "entries", "error", "path", "prev", "prev_subtree", "sent", "warnings")
+    __slots__ = ("done", "entries", "error", "path", "prev", "prev_subtree", "root_dev", "sent", "warnings")
 
-    def __init__(self, path: str, prev_subtree: bytes | None) -> None:
+    def __init__(self, path: str, prev_subtree: bytes | None, root_dev: int | None) -> None:
         self.path = path
         self.prev_subtree = prev_subtree
+        self.root_dev = root_dev  # the device of the backup target it is under (--one-file-system)
         self.prev: Any = None  # what `load_prev` returned for prev_subtree (the walk reuses it)
         self.entries: list[Entry] = []
         self.warnings: list[str] = []
@@ -132,10 +135,14 @@ class _Worker(Worker):
 class ReaderPool(WorkerPool):
     """Reader processes scanning directories ahead of the walk.
 
-    `request` queues a directory; requests leave in the walk's order (smallest path first),
-    at most `depth` per reader. `on_blob(id, sealed, raw_length, flags)` runs on a result thread
-    for every blob a reader sealed; `load_prev(prev_subtree)` runs on the walking thread when a
-    request leaves and returns (anything, {name: signature}) for the parent snapshot's files.
+    The walk `take`s directories in depth-first order. A directory it takes is requested then
+    if nobody asked for it before; and as soon as any scan is complete, its result thread asks
+    for the subdirectories `subdirs(scan)` names (those the walk will descend into), so the
+    readers always have the next directories at hand, even at the end of a subtree. Requests
+    leave in the walk's order (smallest path first), at most `depth` per reader and `ahead`
+    not yet taken. `on_blob(id, sealed, raw_length, flags)` runs on a result thread for every
+    blob a reader sealed; `load_prev(prev_subtree)` runs when a request leaves (any thread)
+    and returns (anything, {name: signature}) for the parent snapshot's files.
     """
 
     what = "reader"
@@ -151,6 +158,7 @@ class ReaderPool(WorkerPool):
         processes: int,
         on_blob: Callable[[bytes, bytes, int, int], None],
         load_prev: Callable[[bytes | None], tuple[Any, dict[str, PrevSig] | None]],
+        subdirs: Callable[[Scan], list[tuple[str, bytes | None]]],
         depth: int = 4,
         ahead: int = 32,
     ) -> None:
@@ -164,11 +172,14 @@ class ReaderPool(WorkerPool):
         super().__init__()
         self.on_blob = on_blob
         self.load_prev = load_prev
+        self.subdirs = subdirs
         self.depth = depth
         self.ahead = ahead  # scans sent and not yet taken by the walk (bounds memory)
         self._out = 0
-        self._queue: list[tuple[list[str], int, Scan]] = []
+        self._queue: list[tuple[list[bytes], int, Scan]] = []
+        self._pending: dict[str, Scan] = {}  # requested, not yet taken by the walk
         self._seq = itertools.count()
+        self._lock = threading.RLock()  # the queue, the pending scans, sending
         self._progress = threading.Event()
         try:
             for _ in range(max(1, processes)):
@@ -180,21 +191,58 @@ class ReaderPool(WorkerPool):
             w.thread = threading.Thread(target=self._collect, args=(w,), name=f"reader-results-{i}", daemon=True)
             w.thread.start()
 
-    def request(self, path: str, prev_subtree: bytes | None) -> Scan:
-        scan = Scan(path, prev_subtree)
+    def expect(self, dirs: list[tuple[str, bytes | None]], root_dev: int | None) -> None:
+        """Walking thread: directories (path, prev_subtree) the walk will take later."""
+        with self._lock:
+            self._request_all(dirs, root_dev)
+
+    def take(self, path: str, prev_subtree: bytes | None, root_dev: int | None, on_wait: Callable[[], None]) -> Scan:
+        """Walking thread: the complete scan of `path` (requested now if nobody did before);
+        `on_wait()` runs while it waits. Each directory is taken exactly once."""
+        with self._lock:
+            scan = self._pending.pop(path, None) or self._request(path, prev_subtree, root_dev)
+            if not scan.sent:  # needed now: whatever the limits (they only bound the look-ahead)
+                self._send(min(self.workers, key=lambda x: len(x.sent)), scan)
+        while not scan.done.is_set():
+            self._progress.clear()
+            self.pump()
+            if scan.done.is_set():
+                break
+            self._progress.wait(0.1)
+            self._check()
+            on_wait()
+        self._check()
+        with self._lock:
+            self._out -= 1
+        self.pump()
+        return scan
+
+    def untaken(self) -> int:
+        """Scans requested (or in flight) that the walk has not taken: 0 once the walk is over."""
+        with self._lock:
+            return len(self._pending) + self._out
+
+    def pump(self) -> None:
+        """Send queued requests, smallest path first, while a reader has room."""
+        with self._lock:
+            while self._queue and self._out < self.ahead:
+                if self._queue[0][2].sent:  # sent out of turn by `take`
+                    heapq.heappop(self._queue)
+                    continue
+                w = min(self.workers, key=lambda x: len(x.sent))
+                if len(w.sent) >= self.depth:
+                    return
+                self._send(w, heapq.heappop(self._queue)[2])
+
+    def _request(self, path: str, prev_subtree: bytes | None, root_dev: int | None) -> Scan:
+        scan = Scan(path, prev_subtree, root_dev)
         heapq.heappush(self._queue, ([name_key(p) for p in path.split("/")], next(self._seq), scan))
         return scan
 
-    def pump(self) -> None:
-        """Walking thread: send queued requests, smallest path first, while a reader has room."""
-        while self._queue and self._out < self.ahead:
-            if self._queue[0][2].sent:  # sent out of turn by `wait`
-                heapq.heappop(self._queue)
-                continue
-            w = min(self.workers, key=lambda x: len(x.sent))
-            if len(w.sent) >= self.depth:
-                return
-            self._send(w, heapq.heappop(self._queue)[2])
+    def _request_all(self, dirs: list[tuple[str, bytes | None]], root_dev: int | None) -> None:
+        for path, prev_subtree in dirs:
+            if path not in self._pending:
+                self._pending[path] = self._request(path, prev_subtree, root_dev)
 
     def _send(self, w: _Worker, scan: Scan) -> None:
         self._check()
@@ -206,23 +254,6 @@ class ReaderPool(WorkerPool):
             write_frame(w.inp, (scan.path, sigs))
         except OSError as e:
             self._fail(OrbitVaultError(f"a reader process is gone ({e.strerror or e})"))
-
-    def wait(self, scan: Scan, on_wait: Callable[[], None]) -> Scan:
-        """Walking thread: the complete scan (sending requests meanwhile); each scan is taken
-        exactly once."""
-        if not scan.sent:  # needed now: whatever the limits (they only bound the look-ahead)
-            self._send(min(self.workers, key=lambda x: len(x.sent)), scan)
-        while not scan.done.is_set():
-            self._progress.clear()
-            self.pump()
-            if scan.done.is_set():
-                break
-            self._progress.wait(0.1)
-            self._check()
-            on_wait()
-        self._check()
-        self._out -= 1
-        return scan
 
     def _collect(self, w: _Worker) -> None:
         try:
@@ -236,8 +267,12 @@ class ReaderPool(WorkerPool):
                         self.on_blob(*blob)
                     w.sent[0].entries.extend(msg[1])
                 else:
-                    scan = w.sent.popleft()
-                    scan.warnings, scan.error = msg[1], msg[2]
+                    with self._lock:
+                        scan = w.sent.popleft()
+                        scan.warnings, scan.error = msg[1], msg[2]
+                        if scan.error is None:  # its subdirectories are pending before the walk can take it
+                            self._request_all(self.subdirs(scan), scan.root_dev)
+                        self.pump()
                     scan.done.set()
                     self._progress.set()
         except BaseException as e:

@@ -15,6 +15,7 @@ from orbitvault.client.backend import LocalBackend
 from orbitvault.client.chunker import ChunkerParams
 from orbitvault.client.crypto import KdfParams
 from orbitvault.client.filters import CACHEDIR_SIGNATURE
+from orbitvault.client.readers import ReaderPool
 from orbitvault.client.repository import Repository
 from orbitvault.client.restorer import RestoreOptions, Restorer
 from orbitvault.errors import OrbitVaultError
@@ -102,6 +103,35 @@ def test_readers_give_the_walks_own_snapshot(tmp_path: Path) -> None:
     assert sorted(p.name for p in (root / "c").iterdir()) == ["CACHEDIR.TAG"]
     assert not (root / "a" / "skip.tmp").exists() and (root / "e" / "x" / "y" / "z" / "deep").exists()
     assert (root / "a" / "h1").stat().st_ino == (root / "b" / "h2").stat().st_ino
+
+
+def test_readers_started_mid_walk_scan_ahead_and_leave_nothing_untaken(tmp_path: Path) -> None:
+    """Readers that start below the first directories take over the rest of the walk: the
+    directories the walk already saw and those each scan finds are scanned ahead, every one is
+    taken exactly once, and the snapshot is the walk's own."""
+    src = tmp_path / "src"
+    for d in range(12):
+        for s in range(6):
+            for f in range(8):
+                _write(src / f"d{d:02}" / f"s{s}" / f"f{f}", b"%d/%d/%d\n" % (d, s, f) * (1 + f))
+        _write(src / f"d{d:02}" / "s0" / "deeper" / "x", b"x%d" % d)
+    alone_repo, readers_repo = _repo(tmp_path / "r1"), _repo(tmp_path / "r2")
+    _s1, alone, _a1 = _backup(alone_repo, src, read_processes=0)
+    seen: list[object] = []
+    orig = ReaderPool.close
+
+    def close(pool: ReaderPool) -> None:
+        seen.append(pool.untaken())
+        orig(pool)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ReaderPool, "close", close)
+        snap, readers, _a2 = _backup(readers_repo, src, read_processes=2, readers_after=40)
+    assert seen == [0], "readers never started, or scans were requested that the walk never took"
+    for field in ("files_new", "files_read", "dirs_new", "errors"):
+        assert getattr(readers, field) == getattr(alone, field), field
+    again, _s, _a = _backup(readers_repo, src, read_processes=0, force=True)
+    assert _find(readers_repo, again.tree, src) == _find(readers_repo, snap.tree, src)
 
 
 def test_readers_skip_unchanged_files(tmp_path: Path) -> None:
