@@ -213,10 +213,11 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Seconds and peak RSS (MiB) of one command: the largest sum over the process and its
-    children (orbitvault's reader processes) sampled every 20 ms, or wait4's peak of the process
-    alone when that is larger (a peak shorter than a sample).
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """Seconds, peak RSS (MiB) and CPU seconds (user + system, with its reaped children) of one
+    command. The peak is the largest sum over the process and its children (orbitvault's reader
+    and writer processes) sampled every 20 ms, or wait4's peak of the process alone when that is
+    larger (a peak shorter than a sample).
 
     Dirty pages are written back first, so no step pays for the previous step's writes.
     """
@@ -241,8 +242,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err[-2000:]}")
-    run.cpu = usage.ru_utime + usage.ru_stime  # type: ignore[attr-defined]  # the tool and its reaped children
-    return dt, max(peak // (1 << 20), usage.ru_maxrss // 1024)
+    return dt, max(peak // (1 << 20), usage.ru_maxrss // 1024), usage.ru_utime + usage.ru_stime
 
 
 def du(path: Path) -> int:
@@ -429,16 +429,17 @@ def main() -> None:
         insts = {name: ts[name](work) for name in tools}
 
         def step(t: Tool, name: str, cmd: list[str]) -> None:
-            dt, rss = run(cmd, t.env)
+            dt, rss, cpu = run(cmd, t.env)
             cur = results.setdefault(t.name, {}).get(name)
             if cur is None or dt < cur["seconds"]:
                 results[t.name][name] = {
                     "seconds": round(dt, 3),
                     "mb_s": round(size / dt / 1e6, 1),
                     "peak_rss_mib": max(rss, cur["peak_rss_mib"] if cur else 0),
+                    "cpu_s": round(cpu, 2),
                 }
             print(
-                f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB  cpu {run.cpu:6.2f}s",
+                f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB  cpu {cpu:6.2f}s",
                 file=sys.stderr,
             )
 
