@@ -24,6 +24,7 @@ from typing import Any
 import click
 import platformdirs
 
+from orbitvault import allocator
 from orbitvault.client.errors import RepositoryLocked, RepositoryNotFound, WrongPassword
 from orbitvault.errors import OrbitVaultError
 
@@ -154,22 +155,6 @@ class Ctx:
             click.echo(f"error: {item}: {message}", err=True)
 
 
-def tune_malloc() -> None:
-    """Fix glibc's mmap threshold at 128 KiB (mallopt M_MMAP_THRESHOLD).
-
-    glibc raises the threshold dynamically after large frees, after which the many 1-16 MiB
-    buffers of a backup come from the heap and fragment it: peak RSS of a 1 GiB backup fell from
-    ~320 to ~190 MiB with a fixed threshold, at no cost in speed. No-op where there is no glibc.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, bytes):
         return o.hex()
@@ -230,7 +215,7 @@ def repo_command(fn: Callable[..., Any]) -> Callable[..., Any]:
         retry_lock: float,
         **kwargs: Any,
     ) -> None:
-        tune_malloc()
+        allocator.tune_client()
         ctx = Ctx(
             repo_url,
             password_file,

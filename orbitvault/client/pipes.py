@@ -143,6 +143,19 @@ class WorkerPool:
         self.error: BaseException | None = None
         self._closed = False
 
+    def _start(self, make: Callable[[], Worker], processes: int, collect: Callable[[Any], None], name: str) -> None:
+        """Spawn `processes` workers (at least one; all or none: a failure stops those started)
+        and a result thread `collect(worker)` for each."""
+        try:
+            for _ in range(max(1, processes)):
+                self.workers.append(make())
+        except BaseException:
+            self.kill()
+            raise
+        for i, w in enumerate(self.workers):
+            w.thread = threading.Thread(target=collect, args=(w,), name=f"{name}-{i}", daemon=True)
+            w.thread.start()
+
     def _check(self) -> None:
         if self.error is not None:
             raise self.error

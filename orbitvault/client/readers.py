@@ -181,15 +181,7 @@ class ReaderPool(WorkerPool):
         self._seq = itertools.count()
         self._lock = threading.RLock()  # the queue, the pending scans, sending
         self._progress = threading.Event()
-        try:
-            for _ in range(max(1, processes)):
-                self.workers.append(_Worker(setup))
-        except BaseException:
-            self.kill()
-            raise
-        for i, w in enumerate(self.workers):
-            w.thread = threading.Thread(target=self._collect, args=(w,), name=f"reader-results-{i}", daemon=True)
-            w.thread.start()
+        self._start(lambda: _Worker(setup), processes, self._collect, "reader-results")
 
     def expect(self, dirs: list[tuple[str, bytes | None]], root_dev: int | None) -> None:
         """Walking thread: directories (path, prev_subtree) the walk will take later."""

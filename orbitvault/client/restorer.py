@@ -582,21 +582,22 @@ class Restorer:
             fids[id(f)] = fid
             self._writer_files[fid] = f
 
-        def job(pack_id: bytes, group: _Group) -> list[Any]:
-            buf = None if self._read_pool is None else self._read_group(pack_id, group)
-            if self._read_pool is not None and buf is None:
-                return []  # the read failed and failed its files
+        def job(group: _Group, buf: memoryview | None = None) -> list[Any]:
             entries = [(e, [(fids[id(f)], off) for f, off in targets]) for e, targets in group]
             return [(entries, None if buf is None else pickle.PickleBuffer(buf))]
+
+        def read_job(pack_id: bytes, group: _Group) -> list[Any]:
+            buf = self._read_group(pack_id, group)
+            return [] if buf is None else job(group, buf)  # a failed read has failed its files
 
         # One job per ranged read (<= 4 MiB); from a remote repository a few are read ahead, so
         # memory stays bounded by those.
         for pack_id, blobs in plan.items():
             for group in _groups(blobs):
                 if self._read_pool is None:
-                    self._writers.submit(pack_id, job(pack_id, group), self._writer_files)
+                    self._writers.submit(pack_id, job(group), self._writer_files)
                     continue
-                self._ahead.append((pack_id, self._read_pool.submit(job, pack_id, group)))
+                self._ahead.append((pack_id, self._read_pool.submit(read_job, pack_id, group)))
                 if len(self._ahead) >= _READ_AHEAD:
                     self._hand_over(*self._ahead.popleft())
 

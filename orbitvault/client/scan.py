@@ -69,20 +69,20 @@ class Names:
         self._groups: dict[int, str | None] = {}
 
     def user(self, uid: int) -> str | None:
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = None
-        return self._users[uid]
+        return _cached(self._users, uid, lambda: pwd.getpwuid(uid).pw_name)
 
     def group(self, gid: int) -> str | None:
-        if gid not in self._groups:
-            try:
-                self._groups[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                self._groups[gid] = None
-        return self._groups[gid]
+        return _cached(self._groups, gid, lambda: grp.getgrgid(gid).gr_name)
+
+
+def _cached(cache: dict[int, str | None], key: int, look_up: Callable[[], str]) -> str | None:
+    """`look_up()` once per key (None when the system has no name for it)."""
+    if key not in cache:
+        try:
+            cache[key] = look_up()
+        except KeyError:
+            cache[key] = None
+    return cache[key]
 
 
 def read_xattrs(path: str) -> list[tuple[str, bytes]]:

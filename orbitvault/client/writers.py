@@ -138,15 +138,7 @@ class WriterPool(WorkerPool):
         self.on_answer = on_answer
         self.depth = depth
         self._cond = threading.Condition()
-        try:
-            for _ in range(max(1, processes)):
-                self.workers.append(_Proc(setup))
-        except BaseException:
-            self.kill()
-            raise
-        for i, p in enumerate(self.workers):
-            p.thread = threading.Thread(target=self._collect, args=(p,), name=f"writer-results-{i}", daemon=True)
-            p.thread.start()
+        self._start(lambda: _Proc(setup), processes, self._collect, "writer-results")
 
     def submit(self, pack_id: bytes, groups: list[Any], files: dict[int, RestoreFile]) -> None:
         """One pack's ranged reads, for the writer with the least in flight; `files` holds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def _index_blob_ids(ov: OV) -> list[str]:
     return ids
 
 
+def _kill_once_stored(ov: OV, p: subprocess.Popen[str], *, packs: int) -> None:
+    """kill -9 a running backup once it has stored `packs` packs."""
+    deadline = time.monotonic() + 60
+    while len(ov.packs()) < packs and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the backup finished before it could be interrupted"
+
+
 def test_killed_backup_resumes_without_storing_anything_twice(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for i in range(12):
@@ -28,13 +39,7 @@ def test_killed_backup_resumes_without_storing_anything_twice(tmp_path: Path) ->
     ov.init()
 
     # 24 MiB at 3 MiB/s: kill once a handful of packs are stored.
-    p = ov.popen("backup", str(src), "--limit-upload", "3072")
-    deadline = time.monotonic() + 60
-    while len(ov.packs()) < 10 and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, "the backup finished before it could be interrupted"
+    _kill_once_stored(ov, ov.popen("backup", str(src), "--limit-upload", "3072"), packs=10)
     stored_before = ov.packs()
     assert len(stored_before) >= 10
     assert ov.json("snapshots") == []
@@ -77,13 +82,7 @@ def test_killed_backup_with_reader_processes_leaves_none_and_resumes(tmp_path: P
     ov.init()
     before = set(_reader_processes())
 
-    p = ov.popen("backup", str(src), "--read-processes", "2", "--limit-upload", "3072")
-    deadline = time.monotonic() + 60
-    while len(ov.packs()) < 6 and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert p.returncode == -signal.SIGKILL, "the backup finished before it could be interrupted"
+    _kill_once_stored(ov, ov.popen("backup", str(src), "--read-processes", "2", "--limit-upload", "3072"), packs=6)
     stored_before = ov.packs()
     deadline = time.monotonic() + 10
     while set(_reader_processes()) - before and time.monotonic() < deadline:
