@@ -195,22 +195,45 @@ def modify(root: Path, fraction: float, seed: int = 7) -> int:
 # --- running tools -------------------------------------------------------------------------------
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants now (0 once it is gone)."""
-    total = 0
+def _tree(pid: int) -> list[int]:
+    """A process and all its live descendants."""
+    out = []
     todo = [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants now (0 once it is gone)."""
+    total = 0
+    for p in _tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
                     break
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
     return total
+
+
+def cpu_of(pids: list[int]) -> float:
+    """User + system seconds live processes have used so far (a constellation's share of a step)."""
+    ticks = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
@@ -258,6 +281,10 @@ class Tool:
 
     def init(self) -> list[str]:
         raise NotImplementedError
+
+    def sky(self) -> list[int]:
+        """The processes of the tool's constellation (none for a local directory)."""
+        return []
 
     def backup(self, src: Path) -> list[str]:
         raise NotImplementedError
@@ -354,6 +381,12 @@ class OrbitConstellation(OrbitVault):
     def close(self) -> None:
         self.constellation.down()
 
+    def sky(self) -> list[int]:
+        from orbitvault.ground import constellation as dom
+
+        c = self.constellation
+        return [pid for rec in dom.records(c.layout, c.state).values() for pid in _tree(rec.pid)]
+
 
 class OrbitConstellationTls(OrbitConstellation):
     name = "orbit-tls"
@@ -379,6 +412,9 @@ class ResticConstellation(Restic):
         self.round += 1  # a fresh bucket per round, like `orbit`
         self.env["RESTIC_REPOSITORY"] = f"{self.base}/bench{self.round}/"
         return super().init()
+
+    def sky(self) -> list[int]:
+        return _tree(self.proc.pid)
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -429,7 +465,10 @@ def main() -> None:
         insts = {name: ts[name](work) for name in tools}
 
         def step(t: Tool, name: str, cmd: list[str]) -> None:
+            sky = t.sky()
+            sky0 = cpu_of(sky)
             dt, rss, cpu = run(cmd, t.env)
+            sky_cpu = cpu_of(sky) - sky0
             cur = results.setdefault(t.name, {}).get(name)
             if cur is None or dt < cur["seconds"]:
                 results[t.name][name] = {
@@ -437,9 +476,11 @@ def main() -> None:
                     "mb_s": round(size / dt / 1e6, 1),
                     "peak_rss_mib": max(rss, cur["peak_rss_mib"] if cur else 0),
                     "cpu_s": round(cpu, 2),
+                    **({"sky_cpu_s": round(sky_cpu, 2)} if sky else {}),
                 }
             print(
-                f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB  cpu {cpu:6.2f}s",
+                f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB  cpu {cpu:6.2f}s"
+                + (f"  constellation cpu {sky_cpu:6.2f}s" if sky else ""),
                 file=sys.stderr,
             )
 

@@ -14,6 +14,7 @@ The client, the gateway and every node share the machine's cores, so the figures
 constellation on one host, not for a gateway alone.
 
 Usage: python bench/objects.py [--size-mib 256] [--repeat 2] [--layouts 6:4+2,14:10+4] [--json]
+       [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of running processes (from /proc), to split a put's cost by process kind."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def source(size: int, block: bytes) -> Iterator[bytes]:
     sent = 0
     while sent < size:
@@ -109,8 +120,10 @@ def expected_blake3(size: int, block: bytes) -> bytes:
     return h.digest()
 
 
-def run_layout(n_nodes: int, k: int, m: int, size: int, repeat: int, block: bytes) -> dict[str, float]:
-    tmp = tempfile.mkdtemp(prefix=f"ov-bench-objects-{n_nodes}-")
+def run_layout(
+    n_nodes: int, k: int, m: int, size: int, repeat: int, block: bytes, work_dir: str | None
+) -> dict[str, float]:
+    tmp = tempfile.mkdtemp(prefix=f"ov-bench-objects-{n_nodes}-", dir=work_dir)
     procs: list[subprocess.Popen[str]] = []
     try:
         capacity = 4 * size * (k + m) // k + 2**30
@@ -130,14 +143,21 @@ def run_layout(n_nodes: int, k: int, m: int, size: int, repeat: int, block: byte
         procs.append(gw)
         address = _listening(gw, "gateway")
         want = expected_blake3(size, block)
-        best = {"put": 0.0, "get": 0.0}
+        best = {"put": 0.0, "get": 0.0, "gateway_cpu_s_per_gib": float("inf"), "nodes_cpu_s_per_gib": float("inf")}
+        node_pids = [p.pid for p in procs[:-1]]
         with ObjectStoreClient(address, token, insecure=True) as c:
             c.create_bucket("bench", storage_class=StorageClass(k, m))
             c.put("bench", "warm-up", b"x" * CHUNK)
             for r in range(repeat):
+                cpu0 = cpu_seconds([gw.pid]), cpu_seconds(node_pids)
                 t0 = time.perf_counter()
                 info = c.put("bench", f"obj-{r}", source(size, block), size=size)
                 t_put = time.perf_counter() - t0
+                gib = size / 2**30
+                best["gateway_cpu_s_per_gib"] = min(
+                    best["gateway_cpu_s_per_gib"], (cpu_seconds([gw.pid]) - cpu0[0]) / gib
+                )
+                best["nodes_cpu_s_per_gib"] = min(best["nodes_cpu_s_per_gib"], (cpu_seconds(node_pids) - cpu0[1]) / gib)
                 assert info.etag == want, "the gateway stored other bytes than were sent"
                 t0 = time.perf_counter()
                 h = blake3.blake3()
@@ -171,6 +191,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="rounds; the best is reported (default 2)")
     ap.add_argument("--layouts", default="6:4+2,14:10+4", help="nodes:k+m, comma-separated")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--work-dir", help="where the nodes and the gateway keep their state (default: the temp dir)")
     args = ap.parse_args()
 
     size = args.size_mib * 2**20
@@ -179,16 +200,22 @@ def main() -> None:
     for layout in args.layouts.split(","):
         n, km = layout.split(":")
         k, m = (int(x) for x in km.split("+"))
-        results[f"{n} nodes, {k}+{m}"] = run_layout(int(n), k, m, size, args.repeat, block)
+        results[f"{n} nodes, {k}+{m}"] = run_layout(int(n), k, m, size, args.repeat, block, args.work_dir)
     info = {"machine": machine(), "object_mib": args.size_mib, "repeat": args.repeat, "results": results}
     if args.json:
         print(json.dumps(info, indent=2))
         return
     print(f"# ObjectStore through the gateway, node and gateway processes on loopback — {info['machine']}")
     print(f"# one {args.size_mib} MiB object per round, 16 MiB stripes, 64 KiB fragments, best of {args.repeat}")
-    print(f"{'constellation':<16} {'put MB/s':>9} {'get MB/s':>9} {'gateway peak RSS MiB':>21}")
+    print(
+        f"{'constellation':<16} {'put MB/s':>9} {'get MB/s':>9} {'gateway peak RSS MiB':>21}"
+        f" {'put CPU-s/GiB gateway':>22} {'nodes':>6}"
+    )
     for name, r in results.items():
-        print(f"{name:<16} {r['put']:>9.1f} {r['get']:>9.1f} {r['peak_rss_mib']:>21.1f}")
+        print(
+            f"{name:<16} {r['put']:>9.1f} {r['get']:>9.1f} {r['peak_rss_mib']:>21.1f}"
+            f" {r['gateway_cpu_s_per_gib']:>22.2f} {r['nodes_cpu_s_per_gib']:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

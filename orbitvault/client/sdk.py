@@ -38,6 +38,7 @@ import blake3
 import grpc
 
 from orbitvault.errors import DataLoss, InvalidArgument, OrbitVaultError, Unavailable
+from orbitvault.grpc import wire
 from orbitvault.grpc.status import error_from_rpc
 from orbitvault.grpc.tls import TlsFiles, channel_credentials, client_tls
 from orbitvault.grpc.v1 import common_pb2, object_store_pb2_grpc
@@ -530,6 +531,8 @@ class ObjectStoreClient:
                 raise InvalidArgument(f"bad gateway address {address!r}: {exc}") from None
         self._channel = channel
         self._stub = object_store_pb2_grpc.ObjectStoreStub(channel)
+        # PutObject fed serialized messages: the data is copied once into each (wire.py)
+        self._put_call = wire.raw_stream_unary(channel, "/orbitvault.v1.ObjectStore/PutObject", pb.PutObjectResponse)
 
     def close(self) -> None:
         self._channel.close()
@@ -753,11 +756,11 @@ class ObjectStoreClient:
             start.customer_key.CopyFrom(ck)
         failure: list[BaseException] = []
 
-        def messages() -> Iterator[pb.PutObjectRequest]:
-            yield pb.PutObjectRequest(start=start)
+        def messages() -> Iterator[bytes]:
+            yield pb.PutObjectRequest(start=start).SerializeToString()
             try:
                 for chunk in source.open():
-                    yield pb.PutObjectRequest(data=chunk)
+                    yield wire.encode_data(chunk)
             except BaseException as exc:  # reading the source failed: report that, not CANCELLED
                 failure.append(exc)
                 raise
@@ -769,9 +772,7 @@ class ObjectStoreClient:
             proof = self._mfa_proof(mfa, use_source=False)
             metadata = self._metadata + (((MFA_HEADER, proof),) if proof else ())
             try:
-                response, call = self._stub.PutObject.with_call(
-                    messages(), metadata=metadata, timeout=self.stream_timeout_s
-                )
+                response, call = self._put_call.with_call(messages(), metadata=metadata, timeout=self.stream_timeout_s)
                 self._keep_session(call, proof)
                 return response
             except grpc.RpcError as err:

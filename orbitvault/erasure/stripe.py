@@ -87,17 +87,29 @@ class StripeCoder:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidArgument(f"encode takes bytes, got {type(data).__name__}")
         view = memoryview(data).cast("B")
+        size = self.geometry.row_size
+        self.geometry.row_count(len(view))  # refuses more than a stripe
+        return self.encode_rows([bytes(view[start : start + size]) for start in range(0, len(view), size)])
+
+    def encode_rows(self, rows: Sequence[bytes]) -> EncodedStripe:
+        """Code a stripe given as its rows: every row full (`row_size` bytes) but the last.
+
+        The gateway seals one segment per row, so its rows arrive as separate buffers and are
+        coded as they are (the codec takes bytes; slicing one stripe buffer would copy each row).
+        """
         g = self.geometry
-        rows = g.row_count(len(view))
+        if len(rows) > g.row_count(g.stripe_size):
+            raise InvalidArgument(f"a stripe holds at most {g.row_count(g.stripe_size)} rows, got {len(rows)}")
         fragments: list[list[bytes]] = [[] for _ in range(g.n)]
         checksums: list[list[bytes]] = [[] for _ in range(g.n)]
-        for r in range(rows):
-            start = r * g.row_size
-            for i, frag in enumerate(self.codec.encode(bytes(view[start : start + g.row_size]))):
+        for r, row in enumerate(rows):
+            if len(row) != g.row_size and (r != len(rows) - 1 or not 0 < len(row) < g.row_size):
+                raise InvalidArgument(f"row {r} is {len(row)} bytes; every row but the last holds {g.row_size}")
+            for i, frag in enumerate(self.codec.encode(row)):
                 fragments[i].append(frag)
                 checksums[i].append(checksum(frag))
         shards = [ShardRows(i, 0, fragments[i], checksums[i]) for i in range(g.n)]
-        return EncodedStripe(g, len(view), shards)
+        return EncodedStripe(g, sum(len(row) for row in rows), shards)
 
     def decode(
         self, stripe_len: int, shards: Iterable[ShardRows], offset: int = 0, length: int | None = None

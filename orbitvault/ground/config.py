@@ -19,7 +19,7 @@ Schema (every key optional)::
     metrics_port = 0                  # Prometheus HTTP port; 0 = off
     fragment_size = "64KiB"           # default storage class: fragment size
     stripe_size = 0                   # default stripe size; 0 = largest multiple of the row <= 16 MiB
-    segment_size = "1MiB"             # encryption segment (smaller only for tests and tiny stripes)
+    segment_size = 0                  # encryption segment; 0 = one erasure row minus the tag (no copy to code it)
     tls_ca = "pki/ca.crt"             # mTLS for clients and for the calls to nodes (`orbitvault pki`)
     tls_cert = "pki/gw.crt"           # the gateway's certificate (`orbitvault pki issue gateway gw`)
     tls_key = "pki/gw.key"            # ... and its key; the three go together
@@ -75,7 +75,7 @@ DEFAULT_LISTEN = "127.0.0.1:7300"
 KiB = 1024
 MiB = 1024 * KiB
 MAX_GATEWAY_STRIPE = 16 * MiB  # design note §3: bounded memory, a put holds at most 2 stripes
-DEFAULT_SEGMENT = 1 * MiB
+DEFAULT_SEGMENT = 0  # one erasure row: see pipeline.plain_per_stripe
 MIN_SEGMENT = 256
 MODES = ("direct", "scheduled")
 CLOCKS = ("wall", "simulated")
@@ -144,8 +144,10 @@ class GatewayConfig:
         return Path(self.audit_log) if self.audit_log is not None else Path(self.state_dir) / "audit.log"
 
     def __post_init__(self) -> None:
-        if not MIN_SEGMENT <= self.segment_size <= 16 * MiB:
-            raise InvalidArgument(f"segment_size must be {MIN_SEGMENT}..{16 * MiB} bytes, got {self.segment_size}")
+        if self.segment_size and not MIN_SEGMENT <= self.segment_size <= 16 * MiB:
+            raise InvalidArgument(
+                f"segment_size must be 0 (one row) or {MIN_SEGMENT}..{16 * MiB} bytes, got {self.segment_size}"
+            )
         if self.stripe_size and self.stripe_size > MAX_GATEWAY_STRIPE:
             raise InvalidArgument(f"stripe_size must be at most {MAX_GATEWAY_STRIPE} bytes, got {self.stripe_size}")
         if self.master_key_passphrase is not None and (
@@ -233,7 +235,7 @@ def _build(raw: dict[str, tuple[Any, str]]) -> GatewayConfig:
         metrics_port=get("metrics_port", _int_range(0, 65535), 0),
         fragment_size=get("fragment_size", parse_size, 64 * KiB),
         stripe_size=get("stripe_size", _size_or_zero, 0),
-        segment_size=get("segment_size", parse_size, DEFAULT_SEGMENT),
+        segment_size=get("segment_size", _size_or_zero, DEFAULT_SEGMENT),
         audit_log=get("audit_log", _path, None),
         mfa_session_s=get("mfa_session_s", _non_negative, 300.0),
         rate_limit_per_s=get("rate_limit_per_s", _non_negative, 2000.0),

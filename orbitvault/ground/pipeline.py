@@ -53,8 +53,12 @@ MAX_ROWS_PER_CALL = 1024
 
 
 def plain_per_stripe(geometry: Geometry, segment_size: int) -> tuple[int, int]:
-    """(segment size, plaintext bytes per stripe) for a geometry: whole sealed segments per stripe."""
-    seg = min(segment_size, geometry.stripe_size - TAG_LEN)
+    """(segment size, plaintext bytes per stripe) for a geometry: whole sealed segments per stripe.
+
+    `segment_size` 0 means one row: a sealed segment is then exactly one erasure row, so sealing
+    hands the coder its rows without a copy and a byte range opens only the rows it touches.
+    """
+    seg = min(segment_size or geometry.row_size - TAG_LEN, geometry.stripe_size - TAG_LEN)
     return seg, (geometry.stripe_size // (seg + TAG_LEN)) * seg
 
 
@@ -130,6 +134,8 @@ class Pipeline:
 
         The record is the final one (size, etag, stripe count) on the last stripe only. Size and
         content_blake3 are checked before the last stripe is yielded, so a mismatch stores nothing.
+        Segments are sealed straight from the received chunks; when a sealed segment is one row
+        (the default), each sealed segment goes to the coder as it is, without being copied.
         """
         base = plan.record
         coder = coder_for(base.geometry)
@@ -137,17 +143,24 @@ class Pipeline:
         reader = _Reader(data, limit=plan.declared_size)
         hasher = blake3.blake3()
         expected = None if plan.declared_size is None else stripe_count(plan.declared_size, base.plain_per_stripe)
+        seg, pps = base.segment_size, base.plain_per_stripe
+        rowwise = seg + TAG_LEN == base.geometry.row_size
         total = 0
         index = 0
         while True:
-            plain = reader.read(base.plain_per_stripe)
+            sealed: list[bytes] = []
+            plain_len = 0
+            while plain_len < pps:
+                plain = reader.take(min(seg, pps - plain_len))
+                if not plain and (sealed or index > 0):
+                    break
+                hasher.update(plain)
+                sealed.append(sealer.seal(index, len(sealed), plain))
+                plain_len += len(plain)
+                if not plain:  # an empty object: one stripe holding one empty sealed segment
+                    break
             last = reader.at_end()
-            total += len(plain)
-            if not plain and index > 0:
-                raise AssertionError("an empty stripe after the first")  # at_end prevents it
-            hasher.update(plain)
-            sealed = self._seal(sealer, index, plain, base.segment_size)
-            del plain
+            total += plain_len
             record = base
             if last:
                 if plan.declared_size is not None and total != plan.declared_size:
@@ -163,7 +176,7 @@ class Pipeline:
             count = expected or (index + 1 if last else STRIPES_UNKNOWN)
             if expected is not None and index >= expected:
                 raise InvalidArgument(f"the stream carries more than the {plan.declared_size} bytes size said")
-            encoded = coder.encode(sealed)
+            encoded = coder.encode_rows(sealed) if rowwise else coder.encode(b"".join(sealed))
             del sealed
             yield index, record, encoded, count, last
             if last:
@@ -230,17 +243,6 @@ class Pipeline:
             spool.remove(base.object_id)
             raise
         return WriteResult(record, stripes, [])
-
-    @staticmethod
-    def _seal(sealer: SegmentSealer, stripe: int, plain: bytearray, segment: int) -> bytearray:
-        """Seal `plain` segment by segment into one buffer (the erasure layer's input), no extra copy."""
-        nseg = max(1, -(-len(plain) // segment))
-        out = bytearray(len(plain) + TAG_LEN * nseg)
-        src, dst = memoryview(plain), memoryview(out)
-        for j in range(nseg):
-            a, b = j * segment, min((j + 1) * segment, len(plain))
-            sealer.seal_into(stripe, j, src[a:b], dst[a + j * TAG_LEN : b + (j + 1) * TAG_LEN])
-        return out
 
     def _send_stripe(
         self,
@@ -393,26 +395,36 @@ class Pipeline:
         buf = bytearray()
         buf_at = sealed_lo  # stripe offset of buf[0]
         j = first_seg
+
+        def opened(sealed: bytes | memoryview) -> bytes:
+            plain = sealer.open(stripe.index, j, sealed)
+            p_lo = max(lo - j * seg, 0)
+            p_hi = min(hi - j * seg, len(plain))
+            return plain if (p_lo, p_hi) == (0, len(plain)) else plain[p_lo:p_hi]
+
         for r0 in range(rows.start, rows.stop, per):
             r1 = min(r0 + per, rows.stop)
             a = max(sealed_lo, r0 * g.row_size)
             b = min(sealed_hi, r1 * g.row_size)
             nxt = (r1, min(r1 + per, rows.stop)) if r1 < rows.stop else None
             for chunk in source.decode(r0, r1, a, b - a, then=nxt):
+                if not buf and j <= last_seg and len(chunk) == min(seg, plen - j * seg) + TAG_LEN:
+                    # Exactly the next sealed segment (a segment is a row by default): no buffering.
+                    yield opened(chunk)
+                    buf_at += len(chunk)
+                    j += 1
+                    continue
                 buf += chunk
-            while j <= last_seg:
-                seg_start = j * unit
-                seg_len = min(seg, plen - j * seg) + TAG_LEN
-                if buf_at + len(buf) < seg_start + seg_len:
-                    break
-                rel = seg_start - buf_at
-                plain = sealer.open(stripe.index, j, memoryview(buf)[rel : rel + seg_len])
-                p_lo = max(lo - j * seg, 0)
-                p_hi = min(hi - j * seg, len(plain))
-                yield plain if (p_lo, p_hi) == (0, len(plain)) else plain[p_lo:p_hi]
-                del buf[: rel + seg_len]
-                buf_at = seg_start + seg_len
-                j += 1
+                while j <= last_seg:
+                    seg_start = j * unit
+                    seg_len = min(seg, plen - j * seg) + TAG_LEN
+                    if buf_at + len(buf) < seg_start + seg_len:
+                        break
+                    rel = seg_start - buf_at
+                    yield opened(memoryview(buf)[rel : rel + seg_len])
+                    del buf[: rel + seg_len]
+                    buf_at = seg_start + seg_len
+                    j += 1
         if j <= last_seg:
             raise DataLoss(f"object {rec.object_id.hex()} stripe {stripe.index}: decoded fewer bytes than its segments")
 
@@ -612,7 +624,7 @@ def row_batches(rows: ShardRows, per: int) -> Iterator[RowBatch]:
 
 
 class _Reader:
-    """Bytes from an iterable of chunks, `read(n)` at a time, with a look-ahead for the end."""
+    """Bytes from an iterable of chunks, `take(n)` at a time, with a look-ahead for the end."""
 
     def __init__(self, data: Iterable[bytes], *, limit: int | None) -> None:
         self._it = iter(data)
@@ -620,15 +632,20 @@ class _Reader:
         self._limit = limit
         self._seen = 0
 
-    def read(self, n: int) -> bytearray:
-        buf = bytearray()
-        while len(buf) < n:
-            if not self._head and not self._pull():
-                break
-            take = min(n - len(buf), len(self._head))
-            buf += self._head[:take]
-            self._head = self._head[take:]
-        return buf
+    def take(self, n: int) -> memoryview:
+        """The next `n` bytes (fewer only at the end): a view of the received chunk when it holds
+        them all, else one copy joining the chunks they span."""
+        if len(self._head) >= n or (not self._head and self._pull() and len(self._head) >= n):
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        buf = bytearray(n)
+        got = 0
+        while got < n and (self._head or self._pull()):
+            step = min(n - got, len(self._head))
+            buf[got : got + step] = self._head[:step]
+            self._head = self._head[step:]
+            got += step
+        return memoryview(buf)[:got]
 
     def _pull(self) -> bool:
         for chunk in self._it:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from orbitvault.erasure.layout import Geometry
 from orbitvault.erasure.stripe import CHECKSUM_LEN, coder_for
 from orbitvault.errors import GeometryError, InvalidArgument
+from orbitvault.grpc import wire
 from orbitvault.grpc.v1 import common_pb2, shard_store_pb2
 from orbitvault.storage.header import ID_LEN, MAX_CATALOG_RECORD, ShardHeader, Sibling
 from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardInfo, UploadState
@@ -158,9 +159,12 @@ def header_to_proto(h: ShardHeader, *, include_catalog_record: bool = True) -> s
 # --- rows -----------------------------------------------------------------------------------------------
 
 
-def row_batch_from_proto(msg: shard_store_pb2.RowBatch, header: ShardHeader, field: str = "rows") -> RowBatch:
+def row_batch_from_proto(
+    msg: shard_store_pb2.RowBatch | wire.Rows, header: ShardHeader, field: str = "rows"
+) -> RowBatch:
     """A domain RowBatch for `header`'s shard, bounded; order, exact lengths and checksums are the
-    store's to check (it is the authority on what it commits)."""
+    store's to check (it is the authority on what it commits). Fragments may stay views of the
+    received message (`wire.Rows`); checksums become bytes."""
     n = len(msg.fragments)
     if n == 0:
         raise InvalidArgument(f"{field} at row {msg.first_row} holds no fragments")
@@ -174,7 +178,7 @@ def row_batch_from_proto(msg: shard_store_pb2.RowBatch, header: ShardHeader, fie
         )
     limit = max_fragment_len(header.geometry)
     fragments = list(msg.fragments)
-    checksums = list(msg.checksums)
+    checksums = [bytes(c) for c in msg.checksums]
     for i, (frag, digest) in enumerate(zip(fragments, checksums, strict=True)):
         if not frag:
             raise InvalidArgument(f"{field}: row {msg.first_row + i} has an empty fragment")

@@ -48,6 +48,7 @@ from orbitvault.grpc.object_service import MAX_MESSAGE_BYTES, ObjectStoreService
 from orbitvault.grpc.process import stop_on_signal
 from orbitvault.grpc.tls import RoleCheck, TlsFiles, add_port, channel_credentials, server_credentials, tls_files
 from orbitvault.grpc.v1 import object_store_pb2, object_store_pb2_grpc
+from orbitvault.grpc.wire import BulkRequestInterceptor
 from orbitvault.orbit.clock import Clock
 
 __all__ = ["GatewayServer", "build_directory", "configure_logging", "load_master_key", "run", "serve"]
@@ -328,7 +329,8 @@ def _start(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
-        interceptors=[MalformedRequestInterceptor()],  # garbage requests: INVALID_ARGUMENT, not INTERNAL
+        # Garbage requests: INVALID_ARGUMENT, not INTERNAL; bulk messages decoded without copies.
+        interceptors=[MalformedRequestInterceptor(), BulkRequestInterceptor()],
     )
     object_store_pb2_grpc.add_ObjectStoreServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

@@ -40,6 +40,8 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 def _type_name(deserializer: Callable[[bytes], Any]) -> str:
+    if isinstance(name := getattr(deserializer, "full_name", None), str):  # wire.py's deserializers
+        return name
     owner = getattr(deserializer, "__self__", None)
     descriptor = getattr(owner, "DESCRIPTOR", None)
     return getattr(descriptor, "full_name", "request")

@@ -29,7 +29,7 @@ import grpc
 from orbitvault.erasure.stripe import CHECKSUM_LEN
 from orbitvault.errors import DataLoss, InvalidArgument, NotFound, OrbitVaultError, Unavailable
 from orbitvault.ground.ports import FetchedRows, NodeStatus, UploadProgress
-from orbitvault.grpc import convert
+from orbitvault.grpc import convert, wire
 from orbitvault.grpc.status import error_from_rpc
 from orbitvault.grpc.tls import open_channel
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
@@ -39,6 +39,7 @@ from orbitvault.storage.store import RowBatch, ShardInfo
 
 # Framing allowance per row when packing messages (tags, lengths).
 _ROW_OVERHEAD = 16
+_PUT_SHARD = "/orbitvault.v1.ShardStore/PutShard"
 # ListShards serves at most this many per page.
 _LIST_PAGE = 1000
 # A node that was down is retried quickly once it is back: grpc's default reconnect backoff grows
@@ -79,6 +80,7 @@ class GrpcNodeLink:
         self._lock = threading.Lock()
         self._channel = channel
         self._stub: shard_store_pb2_grpc.ShardStoreStub | None = None
+        self._put: grpc.StreamUnaryMultiCallable | None = None  # PutShard fed serialized messages
         self._closed = False
 
     def __repr__(self) -> str:
@@ -99,7 +101,13 @@ class GrpcNodeLink:
                     except ValueError as exc:
                         raise Unavailable(f"cannot open a channel to node {self.address}: {exc}") from exc
                 self._stub = shard_store_pb2_grpc.ShardStoreStub(self._channel)
+                self._put = wire.raw_stream_unary(self._channel, _PUT_SHARD, pb.PutShardResponse)
             return self._stub
+
+    def _put_shard(self) -> grpc.StreamUnaryMultiCallable:
+        self._get_stub()
+        assert self._put is not None
+        return self._put
 
     def close(self) -> None:
         with self._lock:
@@ -108,6 +116,7 @@ class GrpcNodeLink:
                 self._channel.close()
             self._channel = None
             self._stub = None
+            self._put = None
 
     def __enter__(self) -> GrpcNodeLink:
         return self
@@ -148,8 +157,9 @@ class GrpcNodeLink:
         """Stream the whole shard; returns once the node has committed (synced) it."""
         failure: list[BaseException] = []  # an error raised by `rows` itself, not by the transport
 
-        def messages() -> Iterator[pb.PutShardRequest]:
-            yield pb.PutShardRequest(start=pb.PutShardStart(header=convert.header_to_proto(header)))
+        def messages() -> Iterator[bytes]:
+            start = pb.PutShardStart(header=convert.header_to_proto(header))
+            yield pb.PutShardRequest(start=start).SerializeToString()
             try:
                 yield from _pack_rows(rows)
             except BaseException as exc:
@@ -158,7 +168,7 @@ class GrpcNodeLink:
 
         frag_len = header.geometry.fragment_size + 80 + 32
         try:
-            self._get_stub().PutShard(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
+            self._put_shard()(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
         except grpc.RpcError as err:
             if failure:  # grpc cancels the call when the request iterator raises; the cause is ours
                 raise failure[0] from None
@@ -176,9 +186,9 @@ class GrpcNodeLink:
                 sent[0] += sum(len(f) for f in batch.fragments) + sum(len(c) for c in batch.checksums)
                 yield batch
 
-        def messages() -> Iterator[pb.PutShardRequest]:
+        def messages() -> Iterator[bytes]:
             start = pb.PutShardStart(header=convert.header_to_proto(header), upload_id=upload_id, resume=resume)
-            yield pb.PutShardRequest(start=start)
+            yield pb.PutShardRequest(start=start).SerializeToString()
             try:
                 yield from _pack_rows(counted())
             except BaseException as exc:
@@ -187,7 +197,7 @@ class GrpcNodeLink:
 
         frag_len = header.geometry.fragment_size + 80 + 32
         try:
-            resp = self._get_stub().PutShard(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
+            resp = self._put_shard()(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
         except grpc.RpcError as err:
             if failure:
                 raise failure[0] from None
@@ -316,8 +326,8 @@ class GrpcNodeLink:
         return out[:limit]
 
 
-def _pack_rows(batches: Iterable[RowBatch]) -> Iterator[pb.PutShardRequest]:
-    """Rows in messages of about 1 MiB and at most 1024 rows; a larger fragment travels alone."""
+def _pack_rows(batches: Iterable[RowBatch]) -> Iterator[bytes]:
+    """Rows in serialized messages of about 1 MiB and at most 1024 rows; a larger fragment travels alone."""
     frags: list[bytes] = []
     sums: list[bytes] = []
     first = 0
@@ -326,13 +336,13 @@ def _pack_rows(batches: Iterable[RowBatch]) -> Iterator[pb.PutShardRequest]:
     for batch in batches:
         if expected is not None and batch.first_row != expected and frags:
             # The domain skipped rows: flush so each message stays contiguous (the node refuses gaps).
-            yield pb.PutShardRequest(rows=convert.row_batch_to_proto(first, frags, sums))
+            yield wire.encode_rows(first, frags, sums)
             frags, sums, size = [], [], 0
         for i, (frag, digest) in enumerate(zip(batch.fragments, batch.checksums, strict=True)):
             row = batch.first_row + i
             n = len(frag) + len(digest) + _ROW_OVERHEAD
             if frags and (size + n > convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE):
-                yield pb.PutShardRequest(rows=convert.row_batch_to_proto(first, frags, sums))
+                yield wire.encode_rows(first, frags, sums)
                 frags, sums, size = [], [], 0
             if not frags:
                 first = row
@@ -341,4 +351,4 @@ def _pack_rows(batches: Iterable[RowBatch]) -> Iterator[pb.PutShardRequest]:
             size += n
         expected = batch.first_row + len(batch.fragments)
     if frags:
-        yield pb.PutShardRequest(rows=convert.row_batch_to_proto(first, frags, sums))
+        yield wire.encode_rows(first, frags, sums)

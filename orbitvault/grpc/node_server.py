@@ -32,6 +32,7 @@ from orbitvault.grpc.process import stop_on_signal
 from orbitvault.grpc.shard_service import NodeIdentity, Repairer, ShardStoreService
 from orbitvault.grpc.tls import RoleCheck, TlsFiles, add_port, server_credentials, tls_files
 from orbitvault.grpc.v1 import shard_store_pb2, shard_store_pb2_grpc
+from orbitvault.grpc.wire import BulkRequestInterceptor
 from orbitvault.orbit.clock import Clock
 from orbitvault.storage.config import NodeConfig
 from orbitvault.storage.metrics import ScrubCollector
@@ -179,7 +180,8 @@ def _start(
             # if its predecessor still holds the address.
             ("grpc.so_reuseport", 0),
         ],
-        interceptors=[MalformedRequestInterceptor()],  # garbage requests: INVALID_ARGUMENT, not INTERNAL
+        # Garbage requests: INVALID_ARGUMENT, not INTERNAL; bulk messages decoded without copies.
+        interceptors=[MalformedRequestInterceptor(), BulkRequestInterceptor()],
     )
     shard_store_pb2_grpc.add_ShardStoreServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

@@ -313,13 +313,13 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
 
     @rpc_errors
     def PutObject(
-        self, request_iterator: Iterator[pb.PutObjectRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.PutObjectRequest | memoryview], context: grpc.ServicerContext
     ) -> pb.PutObjectResponse:
         p = self._principal(context)
         if not self._accepting:
             raise_unavailable_shutting_down()
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("body") != "start":
+        if first is None or isinstance(first, memoryview) or first.WhichOneof("body") != "start":
             raise InvalidArgument("the first PutObject message must be `start` (bucket, key, options)")
         start = first.start
         _names(start.bucket, start.key)
@@ -577,17 +577,20 @@ def raise_unavailable_shutting_down() -> None:
     raise Unavailable("the gateway is shutting down; retry against it once it is back")
 
 
-def _data(requests: Iterator[pb.PutObjectRequest], size: int | None) -> Iterator[bytes]:
+def _data(requests: Iterator[pb.PutObjectRequest | memoryview], size: int | None) -> Iterator[bytes | memoryview]:
     """The object's bytes from the rest of the stream, checked as they come: only `data` messages,
     each at most 4 MiB, and exactly `size` bytes in all when the client announced it. Raising here
     (inside the facade's put) makes the put store nothing."""
     n = 0
     for i, msg in enumerate(requests, start=2):
-        kind = msg.WhichOneof("body")
-        if kind != "data":
-            what = "a second `start`" if kind == "start" else "empty"
-            raise InvalidArgument(f"PutObject message {i} is {what}; every message after `start` carries data")
-        chunk = msg.data
+        if isinstance(msg, memoryview):  # a `data` message, decoded without copies (wire.py)
+            chunk: bytes | memoryview = msg
+        else:
+            kind = msg.WhichOneof("body")
+            if kind != "data":
+                what = "a second `start`" if kind == "start" else "empty"
+                raise InvalidArgument(f"PutObject message {i} is {what}; every message after `start` carries data")
+            chunk = msg.data
         if len(chunk) > MAX_DATA_MESSAGE:
             raise InvalidArgument(f"PutObject message {i} carries {len(chunk)} bytes; at most {MAX_DATA_MESSAGE}")
         n += len(chunk)

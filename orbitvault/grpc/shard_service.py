@@ -27,7 +27,7 @@ import grpc
 
 from orbitvault import __version__
 from orbitvault.errors import DataLoss, FailedPrecondition, InvalidArgument, OrbitVaultError, Unavailable
-from orbitvault.grpc import convert
+from orbitvault.grpc import convert, wire
 from orbitvault.grpc.status import error_from_rpc, rpc_errors
 from orbitvault.grpc.tls import NODE_OR_GATEWAY, RoleCheck, TlsFiles, open_channel
 from orbitvault.grpc.v1 import shard_store_pb2 as pb
@@ -143,14 +143,14 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     @rpc_errors
     def PutShard(
-        self, request_iterator: Iterator[pb.PutShardRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.PutShardRequest | wire.Rows], context: grpc.ServicerContext
     ) -> pb.PutShardResponse:
         self._authorize(context, "PutShard")
         with self._put_slot():
             first = next(request_iterator, None)
             if first is None:
                 raise InvalidArgument("empty PutShard stream: the first message must be `start` with the header")
-            if first.WhichOneof("body") != "start":
+            if isinstance(first, wire.Rows) or first.WhichOneof("body") != "start":
                 raise InvalidArgument("the first PutShard message must be `start` with the header")
             start = first.start
             if not start.HasField("header"):
@@ -178,7 +178,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             )
 
     def _put_resumable(
-        self, start: pb.PutShardStart, header: ShardHeader, requests: Iterator[pb.PutShardRequest]
+        self, start: pb.PutShardStart, header: ShardHeader, requests: Iterator[pb.PutShardRequest | wire.Rows]
     ) -> pb.PutShardResponse:
         """Scheduled mode: rows commit as they arrive; a cut stream keeps them for a resume."""
         if not start.upload_id:
@@ -205,10 +205,13 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         )
 
     @staticmethod
-    def _batches(requests: Iterator[pb.PutShardRequest], header: ShardHeader) -> Iterator[RowBatch]:
+    def _batches(requests: Iterator[pb.PutShardRequest | wire.Rows], header: ShardHeader) -> Iterator[RowBatch]:
         """The rest of the stream as domain batches; anything but `rows` is refused. A broken
         stream raises out of here and through store.put, which then stores nothing."""
         for i, msg in enumerate(requests, start=2):
+            if isinstance(msg, wire.Rows):  # the usual case, decoded without copies (wire.py)
+                yield convert.row_batch_from_proto(msg, header, f"message {i} (rows)")
+                continue
             kind = msg.WhichOneof("body")
             if kind == "rows":
                 yield convert.row_batch_from_proto(msg.rows, header, f"message {i} (rows)")

@@ -77,10 +77,11 @@ Target = int | str | CrcRecord  # a row number, HEADER, CHECKSUMS or a CrcRecord
 
 @dataclass(frozen=True, slots=True)
 class RowBatch:
-    """Consecutive rows of a shard as they arrive: fragments[i] is row first_row + i."""
+    """Consecutive rows of a shard as they arrive: fragments[i] is row first_row + i (a fragment
+    may be a view of the received message: the store copies it once, into the database)."""
 
     first_row: int
-    fragments: Sequence[bytes]
+    fragments: Sequence[bytes | memoryview]
     checksums: Sequence[bytes]
 
 
@@ -321,8 +322,8 @@ class ShardStore:
                         raise InvalidArgument(f"row {r} differs from the row already committed for this upload")
                     continue
                 want = last_len if r == row_count - 1 else full_len
-                if not isinstance(fragment, bytes) or len(fragment) != want:
-                    got = len(fragment) if isinstance(fragment, bytes) else type(fragment).__name__
+                if not isinstance(fragment, bytes | memoryview) or len(fragment) != want:
+                    got = len(fragment) if isinstance(fragment, bytes | memoryview) else type(fragment).__name__
                     raise InvalidArgument(f"row {r}: fragment is {got} bytes, the header implies {want}")
                 if blake3.blake3(fragment).digest() != digest:
                     raise InvalidArgument(f"row {r}: fragment does not match its checksum (damaged in transit?)")

@@ -8,6 +8,7 @@ import pytest
 
 from orbitvault.errors import NotFound, Unavailable
 from orbitvault.grpc.node_link import GrpcNodeLink, _pack_rows
+from orbitvault.grpc.v1 import shard_store_pb2 as pb
 from orbitvault.storage.store import RowBatch
 from tests.unit.test_scrubber import wreck
 
@@ -92,8 +93,8 @@ def test_an_error_in_the_row_source_is_raised_as_itself(start_node: Any, make_sh
 def test_rows_are_packed_in_messages_of_about_one_mib() -> None:
     frag = b"x" * (300 * 1024)
     batches = [RowBatch(0, [frag] * 10, [b"c" * 32] * 10)]
-    msgs = [m.rows for m in _pack_rows(batches)]
+    msgs = [pb.PutShardRequest.FromString(m).rows for m in _pack_rows(batches)]
     assert [m.first_row for m in msgs] == [0, 3, 6, 9]
-    assert sum(len(m.fragments) for m in msgs) == 10
+    assert [f for m in msgs for f in m.fragments] == [frag] * 10
     small = [RowBatch(r, [b"y"], [b"c" * 32]) for r in range(2000)]
-    assert [len(m.rows.fragments) for m in _pack_rows(small)] == [1024, 976]
+    assert [len(pb.PutShardRequest.FromString(m).rows.fragments) for m in _pack_rows(small)] == [1024, 976]
