@@ -18,7 +18,7 @@ Schema (every key optional)::
     node_refresh_s = 10.0             # how stale node status may get before it is asked again
     metrics_port = 0                  # Prometheus HTTP port; 0 = off
     fragment_size = "64KiB"           # default storage class: fragment size
-    stripe_size = 0                   # default stripe size; 0 = largest multiple of the row <= 16 MiB
+    stripe_size = 0                   # default stripe size; 0 = largest multiple of the row <= 17 MiB
     segment_size = 0                  # encryption segment; 0 = one erasure row minus the tag (no copy to code it)
     tls_ca = "pki/ca.crt"             # mTLS for clients and for the calls to nodes (`orbitvault pki`)
     tls_cert = "pki/gw.crt"           # the gateway's certificate (`orbitvault pki issue gateway gw`)
@@ -74,7 +74,9 @@ ENV_PREFIX = "ORBITVAULT_GATEWAY_"
 DEFAULT_LISTEN = "127.0.0.1:7300"
 KiB = 1024
 MiB = 1024 * KiB
-MAX_GATEWAY_STRIPE = 16 * MiB  # design note §3: bounded memory, a put holds at most 2 stripes
+# Bounded memory (a put holds at most 2 stripes); 17 MiB so that a backup client's 16 MiB pack and
+# its header travel as one stripe, not a full stripe and a sliver with k+m shard commits of its own.
+MAX_GATEWAY_STRIPE = 17 * MiB
 DEFAULT_SEGMENT = 0  # one erasure row: see pipeline.plain_per_stripe
 MIN_SEGMENT = 256
 MODES = ("direct", "scheduled")

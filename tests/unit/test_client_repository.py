@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,6 +102,26 @@ def test_blobs_through_packs_index_and_recovery(tmp_path: Path) -> None:
     third = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
     third.load_index()
     assert enc.id in third.index  # the recovery wrote an index object
+
+
+def test_packs_stay_within_pack_size(tmp_path: Path) -> None:
+    """A blob that would take a pack past pack_size starts the next one (a pack is then one
+    gateway stripe on orbit://); only a blob of pack_size or more makes a pack that large, alone."""
+    repo = _repo(tmp_path, pack_size=8192)
+    packer = Packer(repo)
+    rng = random.Random(5)
+    sizes = [rng.randrange(500, 5000) for _ in range(40)] + [9000, 300]
+    for n in sizes:
+        packer.add(repo.encode_blob(BlobType.DATA, os.urandom(n)))
+    packer.flush()
+    fresh = Repository.open(LocalBackend(tmp_path / "r"), b"pw")
+    fresh.load_index()
+    packs = list(fresh.index.packs().values())
+    assert sum(len(p) for p in packs) == len(sizes)
+    for entries in packs:
+        assert len(entries) == 1 or sum(e.length for e in entries) <= 8192
+    assert any(len(e) == 1 and e[0].length > 8192 for e in packs)
+    assert len(packs) <= 2 * sum(sizes) // 8192 + 2  # and they are not needlessly small
 
 
 class _CachingBackend(LocalBackend):

@@ -161,7 +161,7 @@ def test_buckets(env: Env) -> None:
         env.gw.create_bucket(env.p, "data")
     b = env.gw.create_bucket(env.p, "other")
     assert (b.storage_class.k, b.storage_class.m) == (4, 2)
-    assert b.storage_class.stripe_size <= 16 << 20
+    assert b.storage_class.stripe_size <= 17 << 20
     names, token = env.gw.list_buckets(env.p, page_size=1)
     assert [n.name for n in names] == ["data"] and token
     names, token = env.gw.list_buckets(env.p, page_token=token)
@@ -495,7 +495,7 @@ def test_bad_ranges_and_paging(env: Env) -> None:
 def test_bad_geometries(env: Env) -> None:
     from orbitvault.erasure.layout import Geometry
 
-    with pytest.raises(InvalidArgument, match="16 MiB"):
+    with pytest.raises(InvalidArgument, match="17 MiB"):
         env.gw.create_bucket(env.p, "huge", Geometry(4, 2))  # 64 MiB stripes
     with pytest.raises(InvalidArgument, match="storage nodes"):
         env.gw.create_bucket(env.p, "wide", env.gw.make_geometry(10, 4))

@@ -47,7 +47,7 @@ def test_config_file_env_flags(tmp_path: Path) -> None:
         ("max_put_concurrency = 0", "max_put_concurrency"),
         ('master_key_passphrase = "pw"', "master_key_salt"),
         ('master_key_passphrase = "pw"\nmaster_key_salt = "short"', "16 bytes"),
-        ('stripe_size = "64MiB"', "16777216"),
+        ('stripe_size = "64MiB"', "17825792"),
         ("not toml [", "not valid TOML"),
     ],
 )
