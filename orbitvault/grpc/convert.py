@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from orbitvault.erasure.layout import Geometry
 from orbitvault.erasure.stripe import CHECKSUM_LEN, coder_for
@@ -22,6 +23,7 @@ from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardInfo, Up
 
 KiB = 1024
 MiB = 1024 * KiB
+_M = TypeVar("_M", shard_store_pb2.GetShardResponse, shard_store_pb2.PutShardRequest)
 
 # Bulk streams carry about this much payload per message (common.proto: 16 rows of 64 KiB).
 TARGET_MESSAGE_BYTES = 1 * MiB
@@ -191,10 +193,16 @@ def row_batch_from_proto(
     return RowBatch(first_row=msg.first_row, fragments=fragments, checksums=checksums)
 
 
-def row_batch_to_proto(
-    first_row: int, fragments: Sequence[bytes], checksums: Sequence[bytes]
-) -> shard_store_pb2.RowBatch:
-    return shard_store_pb2.RowBatch(first_row=first_row, fragments=fragments, checksums=checksums)
+def rows_message(cls: type[_M], first_row: int, fragments: Sequence[bytes], checksums: Sequence[bytes]) -> _M:
+    """`cls(rows=RowBatch(first_row, fragments, checksums))`, built in place: handing a RowBatch to
+    the constructor copies every fragment twice more (serialized, then parsed into the parent)."""
+    msg = cls()
+    rows = msg.rows  # type: ignore[attr-defined]
+    rows.SetInParent()
+    rows.first_row = first_row
+    rows.fragments.extend(fragments)
+    rows.checksums.extend(checksums)
+    return msg
 
 
 def row_read_to_proto(r: RowRead) -> shard_store_pb2.RowRead:

@@ -242,16 +242,16 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                 frag = b""
                 damaged.append(r.row)
             if frags and size + len(frag) > 2 * convert.TARGET_MESSAGE_BYTES:
-                yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
+                yield convert.rows_message(pb.GetShardResponse, first, frags, sums)
                 first, frags, sums, size = r.row, [], [], 0
             frags.append(frag)
             sums.append(r.checksum)
             size += len(frag) + len(r.checksum) + _ROW_OVERHEAD
             if size >= convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE:
-                yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
+                yield convert.rows_message(pb.GetShardResponse, first, frags, sums)
                 first, frags, sums, size = r.row + 1, [], [], 0
         if frags:
-            yield pb.GetShardResponse(rows=convert.row_batch_to_proto(first, frags, sums))
+            yield convert.rows_message(pb.GetShardResponse, first, frags, sums)
         if damaged:
             # Every healthy row has been sent; the status names the rest, so a reader keeps what it
             # got and decodes exactly these rows from other shards.
@@ -536,7 +536,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             size += len(r.fragment) + len(r.checksum)
             sent[0] += len(r.fragment) + len(r.checksum)
             if size >= convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE:
-                yield pb.PutShardRequest(rows=convert.row_batch_to_proto(at, frags, sums))
+                yield convert.rows_message(pb.PutShardRequest, at, frags, sums)
                 at, frags, sums, size = r.row + 1, [], [], 0
             rate = request.max_rate_bytes_per_sec
             if rate:
@@ -544,7 +544,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                 if ahead > 0:
                     time.sleep(ahead)  # node time, real: the node paces its own link
         if frags:
-            yield pb.PutShardRequest(rows=convert.row_batch_to_proto(at, frags, sums))
+            yield convert.rows_message(pb.PutShardRequest, at, frags, sums)
 
 
 def _with_start(start: pb.PutShardStart, rows: Iterator[pb.PutShardRequest]) -> Iterator[pb.PutShardRequest]:
