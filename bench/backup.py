@@ -24,6 +24,8 @@ of the same shape through orbitvault's restic REST endpoint (`python -m orbitvau
 --local-nodes 8`: 8 node processes, 4+2, the gateway and the endpoint in one process, plain HTTP
 and gRPC on loopback), all started and stopped by this script. Ratios compare like with like:
 orbitvault/restic into local directories, orbit/restic-orbit into plaintext constellations.
+Each step also reports the tool's CPU seconds (with its children) and, for the constellation
+tools, the CPU the constellation's own processes used meanwhile ("constellation cpu").
 
 Mind the file system: right after a mass delete, ext4 (this machine's root file system) skips
 recently freed inodes when allocating new ones (`recently_deleted()` in the kernel; up to five
