@@ -396,6 +396,9 @@ class Pipeline:
         buf_at = sealed_lo  # stripe offset of buf[0]
         j = first_seg
 
+        def sealed_len(j: int) -> int:
+            return min(seg, plen - j * seg) + TAG_LEN
+
         def opened(sealed: bytes | memoryview) -> bytes:
             plain = sealer.open(stripe.index, j, sealed)
             p_lo = max(lo - j * seg, 0)
@@ -408,7 +411,7 @@ class Pipeline:
             b = min(sealed_hi, r1 * g.row_size)
             nxt = (r1, min(r1 + per, rows.stop)) if r1 < rows.stop else None
             for chunk in source.decode(r0, r1, a, b - a, then=nxt):
-                if not buf and j <= last_seg and len(chunk) == min(seg, plen - j * seg) + TAG_LEN:
+                if not buf and j <= last_seg and len(chunk) == sealed_len(j):
                     # Exactly the next sealed segment (a segment is a row by default): no buffering.
                     yield opened(chunk)
                     buf_at += len(chunk)
@@ -416,8 +419,7 @@ class Pipeline:
                     continue
                 buf += chunk
                 while j <= last_seg:
-                    seg_start = j * unit
-                    seg_len = min(seg, plen - j * seg) + TAG_LEN
+                    seg_start, seg_len = j * unit, sealed_len(j)
                     if buf_at + len(buf) < seg_start + seg_len:
                         break
                     rel = seg_start - buf_at

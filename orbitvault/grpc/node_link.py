@@ -155,10 +155,31 @@ class GrpcNodeLink:
 
     def put_shard(self, header: ShardHeader, rows: Iterable[RowBatch]) -> None:
         """Stream the whole shard; returns once the node has committed (synced) it."""
+        start = pb.PutShardStart(header=convert.header_to_proto(header))
+        self._stream_put(header, start, rows, f"PutShard {header.shard_id.hex()[:16]} failed")
+
+    def put_rows(
+        self, header: ShardHeader, upload_id: bytes, rows: Iterable[RowBatch], *, resume: bool
+    ) -> UploadProgress:
+        """A resumable PutShard carrying `rows` (a row range); returns what the node has committed."""
+        sent = [0]
+
+        def counted() -> Iterator[RowBatch]:
+            for batch in rows:
+                sent[0] += sum(len(f) for f in batch.fragments) + sum(len(c) for c in batch.checksums)
+                yield batch
+
+        start = pb.PutShardStart(header=convert.header_to_proto(header), upload_id=upload_id, resume=resume)
+        resp = self._stream_put(header, start, counted(), f"PutShard (upload) {header.shard_id.hex()[:16]} failed")
+        return UploadProgress(resp.committed_rows, resp.complete, sent[0], upload_id)
+
+    def _stream_put(
+        self, header: ShardHeader, start: pb.PutShardStart, rows: Iterable[RowBatch], what: str
+    ) -> pb.PutShardResponse:
+        """One PutShard call: `start`, then the rows as serialized messages (wire.py)."""
         failure: list[BaseException] = []  # an error raised by `rows` itself, not by the transport
 
         def messages() -> Iterator[bytes]:
-            start = pb.PutShardStart(header=convert.header_to_proto(header))
             yield pb.PutShardRequest(start=start).SerializeToString()
             try:
                 yield from _pack_rows(rows)
@@ -168,41 +189,11 @@ class GrpcNodeLink:
 
         frag_len = header.geometry.fragment_size + 80 + 32
         try:
-            self._put_shard()(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
+            return self._put_shard()(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
         except grpc.RpcError as err:
             if failure:  # grpc cancels the call when the request iterator raises; the cause is ours
                 raise failure[0] from None
-            raise self._error(err, f"PutShard {header.shard_id.hex()[:16]} failed") from err
-
-    def put_rows(
-        self, header: ShardHeader, upload_id: bytes, rows: Iterable[RowBatch], *, resume: bool
-    ) -> UploadProgress:
-        """A resumable PutShard carrying `rows` (a row range); returns what the node has committed."""
-        failure: list[BaseException] = []
-        sent = [0]
-
-        def counted() -> Iterator[RowBatch]:
-            for batch in rows:
-                sent[0] += sum(len(f) for f in batch.fragments) + sum(len(c) for c in batch.checksums)
-                yield batch
-
-        def messages() -> Iterator[bytes]:
-            start = pb.PutShardStart(header=convert.header_to_proto(header), upload_id=upload_id, resume=resume)
-            yield pb.PutShardRequest(start=start).SerializeToString()
-            try:
-                yield from _pack_rows(counted())
-            except BaseException as exc:
-                failure.append(exc)
-                raise
-
-        frag_len = header.geometry.fragment_size + 80 + 32
-        try:
-            resp = self._put_shard()(messages(), timeout=self._bulk_timeout(header.row_count * frag_len))
-        except grpc.RpcError as err:
-            if failure:
-                raise failure[0] from None
-            raise self._error(err, f"PutShard (upload) {header.shard_id.hex()[:16]} failed") from err
-        return UploadProgress(resp.committed_rows, resp.complete, sent[0], upload_id)
+            raise self._error(err, what) from err
 
     def head_shard(self, shard_id: bytes) -> UploadProgress | None:
         try:

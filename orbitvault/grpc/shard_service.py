@@ -209,12 +209,11 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         """The rest of the stream as domain batches; anything but `rows` is refused. A broken
         stream raises out of here and through store.put, which then stores nothing."""
         for i, msg in enumerate(requests, start=2):
-            if isinstance(msg, wire.Rows):  # the usual case, decoded without copies (wire.py)
-                yield convert.row_batch_from_proto(msg, header, f"message {i} (rows)")
-                continue
-            kind = msg.WhichOneof("body")
+            # `rows` usually arrives decoded without copies (wire.Rows); the generated class otherwise.
+            kind = "rows" if isinstance(msg, wire.Rows) else msg.WhichOneof("body")
             if kind == "rows":
-                yield convert.row_batch_from_proto(msg.rows, header, f"message {i} (rows)")
+                rows = msg if isinstance(msg, wire.Rows) else msg.rows
+                yield convert.row_batch_from_proto(rows, header, f"message {i} (rows)")
             elif kind == "start":
                 raise InvalidArgument(f"message {i} is a second `start`; only the first message may be `start`")
             else:
