@@ -414,7 +414,10 @@ class Drill:
         snap_key = f"snapshots/{self.snapshot}"
         saved = self.sdk().head(self.c.bucket, snap_key).created_unix_ms / 1000
         predicted = None
-        for _ in range(50):  # the gateway logs its plan for the finished backup within milliseconds
+        # The gateway logs its plan for the finished backup within milliseconds when the machine is
+        # quiet; on a loaded one its executor may take seconds to see the locks go.
+        deadline = time.monotonic() + min(self.s.timeout_s, 30.0)
+        while time.monotonic() < deadline:
             log = self.gateway_log()
             stored = next((e for e in log.stored() if e.fields.get("key") == snap_key), None)
             # The backup's locks are deleted as it ends: the prediction is the first plan without them.

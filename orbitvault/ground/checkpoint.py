@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
@@ -39,6 +40,8 @@ FORMAT = "orbitvault-catalog"
 TABLES = ("tenants", "api_keys", "buckets", "nodes", "tombstones", "mfa", "objects")
 _CHUNK = 1 << 20
 _LIST_PAGE = 1000
+_RETRIES = 2  # a rebuild asks a node that did not answer twice more before counting it unreachable
+_RETRY_PAUSE_S = 0.5
 _BATCH = 256  # catalog entries per transaction while importing
 _lock = threading.Lock()
 
@@ -137,6 +140,11 @@ def rebuild(gw: Gateway) -> RebuildReport:
     now = gw.now_ms()
     errors: list[str] = []
     gw.refresh_nodes(force=True)
+    for _ in range(_RETRIES):  # slow to answer (a loaded host, a first TLS handshake) is not gone
+        if all(st.up for st in gw.nodes.states()):
+            break
+        time.sleep(_RETRY_PAUSE_S)
+        gw.refresh_nodes(force=True)
 
     # 1. every shard on every reachable node
     seen: dict[bytes, _Seen] = {}
@@ -145,29 +153,25 @@ def rebuild(gw: Gateway) -> RebuildReport:
         if not st.up or st.node_id is None:
             unreachable += 1
             continue
-        after = b""
         try:
-            while True:
-                page = st.link.list_shards(after=after, limit=_LIST_PAGE, include_catalog_records=True)
-                for info in page:
-                    h = info.header
-                    total += 1
-                    obj = seen.setdefault(h.object_id, _Seen(h.geometry))
-                    slots = obj.stripes.setdefault(h.stripe_index, {})
-                    if h.shard_index in slots or h.geometry != obj.geometry:
-                        duplicates += 1
-                        continue
-                    slots[h.shard_index] = ShardLoc(st.node_id, h.shard_id)
-                    obj.lens[h.stripe_index] = h.stripe_data_len
-                    if h.catalog_record:
-                        obj.records.append(h.catalog_record)
-                if len(page) < _LIST_PAGE:
-                    break
-                after = page[-1].header.shard_id
-            listed += 1
+            infos = _list_node(st.link)
         except OrbitVaultError as exc:
             unreachable += 1
             errors.append(f"node {st.address}: listing failed: {exc}")
+            continue
+        listed += 1
+        for info in infos:
+            h = info.header
+            total += 1
+            obj = seen.setdefault(h.object_id, _Seen(h.geometry))
+            slots = obj.stripes.setdefault(h.stripe_index, {})
+            if h.shard_index in slots or h.geometry != obj.geometry:
+                duplicates += 1
+                continue
+            slots[h.shard_index] = ShardLoc(st.node_id, h.shard_id)
+            obj.lens[h.stripe_index] = h.stripe_data_len
+            if h.catalog_record:
+                obj.records.append(h.catalog_record)
 
     # 2. what the headers say
     key = gw.master.catalog_key
@@ -279,6 +283,26 @@ def rebuild(gw: Gateway) -> RebuildReport:
     )
 
 
+def _list_node(link: Any) -> list[Any]:
+    """Every shard a node holds, with its catalog record; a listing cut by an error is asked
+    again from the start (up to `_RETRIES` times), so nothing is counted twice."""
+    for attempt in range(_RETRIES + 1):
+        infos: list[Any] = []
+        after = b""
+        try:
+            while True:
+                page = link.list_shards(after=after, limit=_LIST_PAGE, include_catalog_records=True)
+                infos.extend(page)
+                if len(page) < _LIST_PAGE:
+                    return infos
+                after = page[-1].header.shard_id
+        except OrbitVaultError:
+            if attempt == _RETRIES:
+                raise
+            time.sleep(_RETRY_PAUSE_S)
+    raise AssertionError("unreachable")
+
+
 def _apply(
     cat: Catalog,
     lines: Iterator[dict],
@@ -312,6 +336,8 @@ def _apply(
                 if rec.object_id in loaded:
                     continue
                 stripes = stripes_of(rec)
+                if stripes is None and rec.tenant == SYSTEM_TENANT and rec.key.startswith(PREFIX):
+                    continue  # an older checkpoint, pruned after this one was written
                 if stripes is None:
                     dropped.append(f"{rec.tenant}/{rec.bucket}/{rec.key} (gone from the nodes: deleted or replaced)")
                     continue

@@ -991,6 +991,7 @@ class Gateway:
             ttl_s=self.config.pending_ttl_s,
             now_ms=self.now_ms(),
             scan_orphans=scan_orphans,
+            in_flight=self.scheduler.relay_shards if self.scheduler is not None else set,
         )
 
     def checkpoint(self) -> int:

@@ -6,13 +6,14 @@
 2. Tombstones (shards of deleted or replaced versions that could not be deleted at once because
    their node was down): deleted when the node answers.
 3. Orphans: shards a node holds that the catalog does not know (not placed, not pending, not a
-   spooled shard's upload or relay copy, e.g. found after a rebuild), older than `pending_ttl_s`
-   so nothing in flight is ever mistaken.
+   spooled shard's upload or relay copy, not a restore's relay copy named by `in_flight`, e.g.
+   found after a rebuild), older than `pending_ttl_s` so nothing in flight is ever mistaken.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from orbitvault.errors import OrbitVaultError, Unavailable
 from orbitvault.ground.catalog import Catalog, PendingUpload
@@ -32,7 +33,10 @@ def collect(
     ttl_s: float,
     now_ms: int,
     scan_orphans: bool = True,
+    in_flight: Callable[[], set[bytes]] = set,
 ) -> GcReport:
+    """`in_flight()`: shard ids copied to nodes for work under way that the catalog does not
+    record (a restore's relay copies); asked after each listing, so none made meanwhile is lost."""
     ttl_ms = int(ttl_s * 1000)
     removed = deleted = 0
     for p in catalog.pending_uploads():
@@ -48,7 +52,7 @@ def collect(
 
     orphans = 0
     if scan_orphans:
-        orphans = _collect_orphans(catalog, pipeline, nodes, now_ms - ttl_ms)
+        orphans = _collect_orphans(catalog, pipeline, nodes, now_ms - ttl_ms, in_flight)
     return GcReport(removed, deleted, orphans, len(left))
 
 
@@ -66,7 +70,9 @@ def _owner_dead(p: PendingUpload, live_owners: set[str]) -> bool:
     return False
 
 
-def _collect_orphans(catalog: Catalog, pipeline: Pipeline, nodes: NodeDirectory, older_than_ms: int) -> int:
+def _collect_orphans(
+    catalog: Catalog, pipeline: Pipeline, nodes: NodeDirectory, older_than_ms: int, in_flight: Callable[[], set[bytes]]
+) -> int:
     pending = catalog.pending_shard_ids() | catalog.spool_shard_ids()
     tombs = catalog.tombstone_ids()
     deleted = 0
@@ -85,9 +91,12 @@ def _collect_orphans(catalog: Catalog, pipeline: Pipeline, nodes: NodeDirectory,
             if not page:
                 break
             dead = []
+            busy = in_flight()  # after the listing: a relay copy it shows is named here
             for info in page:
                 h = info.header
-                if h.shard_id in pending or h.shard_id in tombs or h.created_unix_ms > older_than_ms:
+                if h.created_unix_ms > older_than_ms or h.shard_id in pending or h.shard_id in tombs:
+                    continue
+                if h.shard_id in busy:
                     continue
                 if catalog.shard_known(h.shard_id, node_id):
                     continue

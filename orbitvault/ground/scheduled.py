@@ -1254,6 +1254,20 @@ class ScheduledMode:
                 eta_bound_unix_ms=math.ceil((job.bound or now) * 1000),
             )
 
+    def relay_shards(self) -> set[bytes]:
+        """Shards being copied, or copied, to a relay satellite for a restore in progress (an ISL
+        hop before the downlink). The catalog does not place them there, yet they are no orphans:
+        garbage collection asks here after listing a node, so a copy made meanwhile is named."""
+        with self._mu:
+            keys = [key for job in self._jobs.values() for key in job.relay_uploads]
+        out: set[bytes] = set()
+        for oid, s, i in keys:
+            st = self.catalog.stripe(oid, s)
+            loc = st.shards[i] if st is not None else None
+            if loc is not None:
+                out.add(loc.shard_id)
+        return out
+
     def restore_job(self, object_id: bytes) -> tuple[float | None, RestorePlan | None]:
         """(ETA, plan) of a restore in progress, for tests and tools."""
         with self._mu:

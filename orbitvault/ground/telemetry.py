@@ -169,12 +169,16 @@ class GatewayLog:
 
     def settled(self, prefix: str) -> int | None:
         """Line from which no object stored under key `prefix` (a backup's `locks/`) is in the
-        executor's backlog any more: the last `object forgotten` of those it adopted (-1: none
-        adopted); None while one it adopted is still there (its delete not yet seen by the
-        executor). One never adopted was deleted before the executor saw it: no plan had it."""
+        executor's backlog any more: the last of those it adopted to be forgotten or to become
+        DURABLE (a slow backup's lock may reach orbit before it is deleted), -1 when it adopted
+        none; None while one it adopted is still there (its delete not yet seen by the executor).
+        One never adopted was deleted before the executor saw it: no plan had it."""
         versions = {e.fields.get("version") for e in self.stored() if str(e.fields.get("key", "")).startswith(prefix)}
         adopted = {e.fields.get("object") for e in self.named("object adopted")} & versions
-        gone = {e.fields.get("object"): e.seq for e in self.named("object forgotten")}
+        gone: dict[str | None, int] = {}
+        for e in self.events:
+            if e.msg in ("object forgotten", "object durable"):
+                gone.setdefault(e.fields.get("object"), e.seq)  # it left the backlog at the first
         if any(v not in gone for v in adopted):
             return None
         return max((gone[v] for v in adopted), default=-1)

@@ -444,3 +444,41 @@ def test_the_gateways_own_checkpoints_never_delay_a_tenants_durability(sky: Any)
         assert client.status("data", "x").predicted_durable_unix_ms == told
     finally:
         sched.limit = None
+
+
+def test_garbage_collection_spares_a_restores_relay_copies(sky: Any) -> None:
+    """A restore may forward a shard over an ISL to a satellite with an earlier downlink. That
+    copy is in no catalog record; collecting orphans meanwhile must not delete it, or the
+    downlink fails and the restore misses its ETA by a pass."""
+    server, client = start(sky, pending_ttl_s=1.0)
+    gw = server.gateway
+    sched = gw.scheduler
+    relay = None
+    for n in range(6):
+        client.put("data", f"o{n}", os.urandom(120_000))
+        client.wait_durable("data", f"o{n}", timeout_s=120, poll_s=0.05)
+        assert sched.wait_idle(60)
+        with sched.holding():
+            started = client.restore("data", f"o{n}")
+            _eta, rplan = sched.restore_job(client.head("data", f"o{n}").version_id)
+            isl = [tr for tr in rplan.transfers if tr.hop == "isl"]
+            downs = [tr for tr in rplan.transfers if tr.hop == "downlink"]
+            relay = next((tr for tr in isl if all(d.start > tr.arrival + 1 for d in downs)), None)
+            if relay is not None:
+                sched.limit = relay.arrival + 1  # the copy has arrived; no downlink has started
+                break
+        client.wait_ready("data", f"o{n}", timeout_s=120, poll_s=0.05)
+    assert relay is not None, "no restore in this sky forwards a shard over an ISL first"
+    assert sched.wait_idle(60)
+    oid, s, i = relay.item
+    shard_id = gw.catalog.stripe(oid, s).shards[i].shard_id
+    relay_node = sched._sat_nodes()[relay.dest]
+    assert relay_node.link.head_shard(shard_id) is not None
+    assert shard_id in sched.relay_shards()
+
+    gw.collect_garbage()
+    assert relay_node.link.head_shard(shard_id) is not None  # still there for its downlink
+    sched.limit = None
+    assert client.wait_ready("data", f"o{n}", timeout_s=120, poll_s=0.05).ready
+    assert abs(sched.restored_at[oid] * 1000 - started.eta_unix_ms) <= 1  # on time
+    assert client.get("data", f"o{n}") is not None

@@ -317,3 +317,23 @@ def test_the_plan_for_a_backup_is_made_after_its_locks_left_the_backlog() -> Non
     assert log.settled("locks/") == 9
     assert log.plan_after(snap, settled=log.settled("locks/")) == 3893.0
     assert log.settled("nothing/") == -1
+
+
+def test_a_lock_that_reached_orbit_before_its_delete_has_left_the_backlog() -> None:
+    """On a loaded machine a backup can run so long that simulated time carries its lock to
+    DURABLE; it leaves the backlog then, and is never `forgotten`."""
+    plan = "store plan items=%d transfers=%d durable_at=%s lost=%s planning_ms=%.1f"
+    stored = "object stored tenant=%s bucket=%s key=%r version=%s bytes=%d ms=%.0f"
+    lines = [
+        _format(stored, "t", "b", "locks/1", "c1" * 8, 9, 1),
+        _format("object adopted object=%s", "c1" * 8),
+        _format(plan, 1, 1, 1000.0, "-", 1.0),
+        _format("object durable object=%s at=%s", "c1" * 8, 1000.0),
+        _format("object adopted object=%s", "ab" * 8),
+        _format(stored, "t", "b", "s", "ab" * 8, 9, 1),
+        _format(plan, 2, 2, 2000.0, "-", 1.0),
+    ]
+    log = GatewayLog(e for i, line in enumerate(lines) if (e := parse_line(line, i)) is not None)
+    assert log.settled("locks/") == 3
+    snap = next(e for e in log.named("object stored") if e.fields.get("key") == "s")
+    assert log.plan_after(snap, settled=log.settled("locks/")) == 2000.0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orbitvault.errors import FailedPrecondition, NotFound, Unavailable
+from orbitvault.ground import checkpoint as checkpoint_mod
 from orbitvault.ground.gateway import Gateway
 from orbitvault.ground.model import (
     SYSTEM_BUCKET,
@@ -347,3 +349,46 @@ def test_many_nodes_default_to_10_plus_4(tmp_path: Path) -> None:
         gw.close()
         for link in links:
             link.store.close()
+
+
+def test_rebuild_does_not_count_pruned_checkpoints_as_lost(env: Env) -> None:
+    """Checkpoint N lists the checkpoints before it, and the oldest of those is pruned right
+    after N is written: gone from the nodes by design, not data the rebuild failed to recover."""
+    env.put("obj", b"kept")
+    seqs = [env.gw.checkpoint() for _ in range(checkpoint_mod.KEEP + 2)]
+    report = _wipe_and_rebuild(env)
+    assert report.checkpoint_seq == seqs[-1] and not report.errors, report
+    assert report.objects_dropped == (), report.objects_dropped
+    system = env.gw._system_principal()
+    keys = [o.key for o in env.gw.list_objects(system, SYSTEM_BUCKET)[0]]
+    assert keys == [f"catalog/{s:016d}" for s in seqs[-checkpoint_mod.KEEP :]]
+    _, chunks = env.gw.get_object(env.gw.authenticate(env.key.token), "data", "obj")
+    assert b"".join(chunks) == b"kept"
+
+
+def test_rebuild_asks_a_slow_node_again(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that misses its first NodeInfo deadline, and one whose listing is cut once, are
+    asked again: on a loaded host neither is gone, and counting it unreachable loses a catalog."""
+    data = random_bytes(BIG, 13)
+    env.put("obj", data)
+    slow, cut = env.links[1], env.links[2]
+    misses = {"info": 1, "list": 1}
+
+    def flaky(what: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if misses[what]:
+                misses[what] -= 1
+                raise Unavailable("deadline exceeded")
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(slow, "info", flaky("info", slow.info))
+    monkeypatch.setattr(cut, "list_shards", flaky("list", cut.list_shards))
+    report = _wipe_and_rebuild(env)
+    assert misses == {"info": 0, "list": 0}
+    assert report.nodes_unreachable == 0 and report.nodes_listed == len(env.links) and not report.errors, report
+    assert report.shards_missing == 0
+    key = env.gw.create_api_key("acme")
+    _, chunks = env.gw.get_object(env.gw.authenticate(key.token), "data", "obj")
+    assert b"".join(chunks) == data
