@@ -383,11 +383,11 @@ class ObjectReader:
         self.info = self._start()
 
     def _open(self, attempt_request: pb.GetObjectRequest) -> pb.ObjectInfo:
-        self._call = self._client._stub.GetObject(
+        self._call = self._client._get_call(
             attempt_request, metadata=self._client._metadata, timeout=self._client.stream_timeout_s
         )
         first = next(self._call, None)
-        if first is None or first.WhichOneof("body") != "info":
+        if not isinstance(first, pb.GetObjectResponse) or first.WhichOneof("body") != "info":
             raise Unavailable("the gateway ended GetObject without describing the object")
         return first.info
 
@@ -409,18 +409,24 @@ class ObjectReader:
         end = size if not self._request.HasField("length") else min(size, self._request.offset + self._request.length)
         return max(end - self._request.offset, 0)
 
-    def _generate(self) -> Iterator[bytes]:
+    def _generate(self) -> Iterator[bytes | memoryview]:
+        """The range's chunks: views of the received messages (`wire.decode_get_response`), or
+        bytes from a message the generated class parsed."""
         attempt = 0
         while True:
             try:
                 if self._call is None:
                     self._open(self._resume_request())
                 for msg in self._call:
-                    if msg.WhichOneof("body") != "data":
+                    if isinstance(msg, memoryview):
+                        data: bytes | memoryview = msg
+                    elif msg.WhichOneof("body") == "data":
+                        data = msg.data
+                    else:
                         raise Unavailable("the gateway sent a second description in the middle of GetObject")
-                    self._received += len(msg.data)
+                    self._received += len(data)
                     attempt = 0  # progress: the retry budget is per stall, not per object
-                    yield msg.data
+                    yield data
                 break
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
@@ -447,13 +453,19 @@ class ObjectReader:
         return req
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._iter
+        return self
 
     def __next__(self) -> bytes:
-        return next(self._iter)
+        chunk = next(self._iter)
+        return chunk if isinstance(chunk, bytes) else bytes(chunk)
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The chunks as received, without copying: views valid until the next one is asked for
+        (for callers that copy or write them anyway)."""
+        return self._iter
 
     def read_all(self) -> bytes:
-        return b"".join(self)
+        return b"".join(self._iter)
 
     def close(self) -> None:
         if self._call is not None and hasattr(self._call, "cancel"):
@@ -533,6 +545,7 @@ class ObjectStoreClient:
         self._stub = object_store_pb2_grpc.ObjectStoreStub(channel)
         # PutObject fed serialized messages: the data is copied once into each (wire.py)
         self._put_call = wire.raw_stream_unary(channel, "/orbitvault.v1.ObjectStore/PutObject", pb.PutObjectResponse)
+        self._get_call = wire.get_object_call(channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -827,7 +840,7 @@ class ObjectStoreClient:
     def get_into(self, bucket: str, key: str, out: IO[bytes], **kwargs: Any) -> ObjectInfo:
         """Write the object (or a range) to a binary stream; returns its description."""
         with self.open(bucket, key, **kwargs) as reader:
-            for chunk in reader:
+            for chunk in reader.chunks():
                 out.write(chunk)
             return reader.info
 

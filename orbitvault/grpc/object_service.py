@@ -31,6 +31,7 @@ from orbitvault.errors import InvalidArgument, Unavailable
 from orbitvault.ground import model, validate
 from orbitvault.ground.gateway import Gateway
 from orbitvault.ground.mfa import SESSION_PREFIX, Grant
+from orbitvault.grpc import wire
 from orbitvault.grpc.status import rpc_errors
 from orbitvault.grpc.tls import CLIENT_OR_GATEWAY, Role, RoleCheck, peer_identity
 from orbitvault.grpc.v1 import common_pb2, object_store_pb2_grpc
@@ -215,15 +216,16 @@ def _page(token: str, size: int) -> tuple[str, int]:
     return token, validate.page_size(size)
 
 
-def _split(data: bytes) -> Iterator[bytes]:
-    """Outgoing data in messages of at most about 1 MiB, whatever size the facade hands over."""
+def _split(data: bytes | memoryview) -> Iterator[bytes | memoryview]:
+    """Outgoing data in messages of at most about 1 MiB, whatever size the facade hands over
+    (views: each message is serialized with one copy)."""
     if len(data) <= 2 * TARGET_DATA_MESSAGE:
         if data:
             yield data
         return
     view = memoryview(data)
     for i in range(0, len(view), TARGET_DATA_MESSAGE):
-        yield bytes(view[i : i + TARGET_DATA_MESSAGE])
+        yield view[i : i + TARGET_DATA_MESSAGE]
 
 
 # --- the servicer --------------------------------------------------------------------------------
@@ -390,7 +392,7 @@ class ObjectStoreService(object_store_pb2_grpc.ObjectStoreServicer):
             for chunk in chunks:
                 for piece in _split(chunk):
                     sent += len(piece)
-                    yield pb.GetObjectResponse(data=piece)
+                    yield wire.DataResponse(piece)  # type: ignore[misc]
             ok = True
         finally:
             close = getattr(chunks, "close", None)

@@ -1,7 +1,8 @@
-"""The two bulk messages on the wire, encoded and decoded without the protobuf runtime's copies.
+"""The bulk messages on the wire, encoded and decoded without the protobuf runtime's copies.
 
 Every byte of object data crosses `PutObjectRequest.data` (client -> gateway) and, 1.5x over,
-`PutShardRequest.rows` (gateway -> nodes). Built through the protobuf runtime, each byte was copied
+`PutShardRequest.rows` (gateway -> nodes); every byte read crosses `GetObjectResponse.data`
+(gateway -> client). Built through the protobuf runtime, each byte was copied
 four or five times per hop (into the message, into a sub-message merged into its parent, into the
 serialized buffer as it grew, out again as a `bytes` field on the receiving side). Here a sending
 side joins the wire bytes once, and a receiving side gets views into the buffer gRPC handed it.
@@ -27,7 +28,7 @@ _ROWS = b"\x12"  # PutShardRequest.rows = 2
 _FIRST_ROW = 0x08  # RowBatch.first_row = 1
 _FRAGMENT = b"\x12"  # RowBatch.fragments = 2
 _CHECKSUM = b"\x1a"  # RowBatch.checksums = 3
-_DATA = b"\x12"  # PutObjectRequest.data = 2
+_DATA = b"\x12"  # PutObjectRequest.data = 2, and GetObjectResponse.data = 2
 
 
 def _varint(n: int) -> bytes:
@@ -133,6 +134,30 @@ def decode_data(data: bytes) -> memoryview | None:
     return buf[start:end]
 
 
+class DataResponse:
+    """`GetObjectResponse(data=chunk)` for a server to yield: serialized with one join by the
+    response serializer `BulkRequestInterceptor` installs, without copying `chunk` into a message."""
+
+    __slots__ = ("chunk",)
+
+    def __init__(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.chunk = chunk
+
+    def SerializeToString(self) -> bytes:  # the protobuf method, for `_serialize`
+        return encode_data(self.chunk)
+
+
+def decode_get_response(data: bytes) -> Any:
+    """A received `GetObjectResponse`: a memoryview of the chunk when it is exactly one `data`
+    field, else the generated message (the `info` that opens the stream, anything unusual)."""
+    out = decode_data(data)
+    return object_store_pb2.GetObjectResponse.FromString(data) if out is None else out
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
 class _Deserializer:
     """A request deserializer: the fast decoder where it applies, else the generated class."""
 
@@ -152,20 +177,39 @@ _SERVER_SIDE = {
 }
 
 
+# Responses a servicer may yield as `DataResponse` besides the generated class.
+_RAW_RESPONSES = {"/orbitvault.v1.ObjectStore/GetObject"}
+
+
 class BulkRequestInterceptor(grpc.ServerInterceptor):
     """Servers hand PutShard `rows` messages to the servicer as `Rows` and PutObject `data`
-    messages as memoryviews; every other message arrives as the generated class."""
+    messages as memoryviews (every other message arrives as the generated class), and serialize
+    the `DataResponse`s a GetObject servicer yields."""
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         handler = continuation(handler_call_details)
-        fast = _SERVER_SIDE.get(handler_call_details.method)
-        if handler is None or fast is None:
+        method = handler_call_details.method
+        if handler is None:
             return handler
-        return handler._replace(request_deserializer=fast)
+        fast = _SERVER_SIDE.get(method)
+        if fast is not None:
+            return handler._replace(request_deserializer=fast)
+        if method in _RAW_RESPONSES:
+            return handler._replace(response_serializer=_serialize)
+        return handler
 
 
 def raw_stream_unary(channel: grpc.Channel, method: str, response: Any) -> grpc.StreamUnaryMultiCallable:
     """A client-streaming call whose request iterator yields serialized messages (bytes)."""
     return channel.stream_unary(method, request_serializer=None, response_deserializer=response.FromString)
+
+
+def get_object_call(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable:
+    """GetObject whose stream yields data chunks as memoryviews (`decode_get_response`)."""
+    return channel.unary_stream(
+        "/orbitvault.v1.ObjectStore/GetObject",
+        request_serializer=object_store_pb2.GetObjectRequest.SerializeToString,
+        response_deserializer=decode_get_response,
+    )
