@@ -37,7 +37,8 @@ journaled loop-mounted image avoids that, but only with direct I/O on the loop d
 (`losetup --direct-io=on`): otherwise every write lands in two page caches, and writing a
 600 MB repository costs 1.4 s of kernel CPU instead of 0.2 s, for both tools.
 
-Usage: python bench/backup.py [--size 1GiB] [--tools restic,orbitvault] [--repeat 3] [--work-dir DIR] [--json]
+Usage: python bench/backup.py [--size 1GiB] [--tools restic,orbitvault] [--repeat 3] [--steps first,...]
+       [--work-dir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def _sources() -> tuple[list[Path], list[Path]]:
                 p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and 4096 < p.stat().st_size < 64 << 20
             ]
     return sorted(text), sorted(bins)
+
+
+STEPS = ("first", "unchanged", "modified", "restore", "check")
 
 
 def build_dataset(root: Path, size: int, seed: int = 42) -> None:
@@ -431,6 +435,12 @@ def main() -> None:
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--tools", default="restic,orbitvault")
     ap.add_argument("--repeat", type=int, default=3, help="Runs per step (best kept); 'modified' runs once.")
+    ap.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help="Steps to time, of " + ",".join(STEPS) + " (first always runs: the others need it). "
+        "'--steps first --repeat 5' gives five interleaved first backups per tool.",
+    )
     ap.add_argument("--json", action="store_true", help="Print the results as JSON.")
     ap.add_argument("--keep", action="store_true", help="Keep the repositories (in a temp dir) for inspection.")
     ap.add_argument(
@@ -440,6 +450,9 @@ def main() -> None:
         help="Where the copy of the data set, repositories and restores go (default bench/out).",
     )
     args = ap.parse_args()
+    steps = {"first", *(x.strip() for x in args.steps.split(",") if x.strip())}
+    if not steps <= set(STEPS):
+        raise SystemExit(f"--steps: unknown step(s) {', '.join(sorted(steps - set(STEPS)))}")
     size_req = parse_size(args.size)
     base = dataset(size_req)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -472,6 +485,7 @@ def main() -> None:
             dt, rss, cpu = run(cmd, t.env)
             sky_cpu = cpu_of(sky) - sky0
             cur = results.setdefault(t.name, {}).get(name)
+            runs = [*(cur["runs"] if cur else []), round(dt, 3)]  # every run, for pairwise ratios
             if cur is None or dt < cur["seconds"]:
                 results[t.name][name] = {
                     "seconds": round(dt, 3),
@@ -480,6 +494,7 @@ def main() -> None:
                     "cpu_s": round(cpu, 2),
                     **({"sky_cpu_s": round(sky_cpu, 2)} if sky else {}),
                 }
+            results[t.name][name]["runs"] = runs
             print(
                 f"  {t.name:10} {name:9} {dt:8.2f}s {size / dt / 1e6:8.1f} MB/s  rss {rss:4} MiB  cpu {cpu:6.2f}s"
                 + (f"  constellation cpu {sky_cpu:6.2f}s" if sky else ""),
@@ -495,23 +510,24 @@ def main() -> None:
                 step(t, "first", t.backup(src))
                 if t.repo.exists():
                     results[t.name]["first"]["repo_mib"] = round(du(t.repo) / 2**20, 1)
-        for _ in range(args.repeat):
+        for _ in range(args.repeat if "unchanged" in steps else 0):
             for t in insts.values():
                 step(t, "unchanged", t.backup(src))
-        touched = modify(src, 0.05)
-        print(f"modified {touched / 2**20:.0f} MiB of files", file=sys.stderr)
-        warm(src)
-        for t in insts.values():
-            step(t, "modified", t.backup(src))
-            if t.repo.exists():
-                results[t.name]["modified"]["repo_mib"] = round(du(t.repo) / 2**20, 1)
+        if "modified" in steps:
+            touched = modify(src, 0.05)
+            print(f"modified {touched / 2**20:.0f} MiB of files", file=sys.stderr)
+            warm(src)
+            for t in insts.values():
+                step(t, "modified", t.backup(src))
+                if t.repo.exists():
+                    results[t.name]["modified"]["repo_mib"] = round(du(t.repo) / 2**20, 1)
         # Restore targets are deleted only at the end: ext4 allocates inodes slowly right after
         # mass deletion (recently_deleted scans), which would tax whichever tool comes next.
-        for k in range(args.repeat):
+        for k in range(args.repeat if "restore" in steps else 0):
             for t in insts.values():
                 step(t, "restore", t.restore(work / f"restore-{t.name}-{k}"))
                 evict(work / f"restore-{t.name}-{k}")
-        for _ in range(args.repeat):
+        for _ in range(args.repeat if "check" in steps else 0):
             for t in insts.values():
                 step(t, "check", t.check())
         for ours, theirs in (("orbitvault", "restic"), ("orbit", "restic-orbit")):
@@ -519,6 +535,13 @@ def main() -> None:
                 r, o = results[theirs], results[ours]
                 results[f"ratio_{ours}_to_{theirs}"] = {
                     k: round(r[k]["seconds"] / o[k]["seconds"], 2) for k in r if isinstance(r[k], dict) and k in o
+                }
+                # Round by round (the tools ran one after the other): how much the best-of ratio
+                # owes to a lucky pairing on a noisy machine.
+                results[f"rounds_{ours}_to_{theirs}"] = {
+                    k: [round(a / b, 2) for a, b in zip(r[k]["runs"], o[k]["runs"], strict=False)]
+                    for k in r
+                    if isinstance(r[k], dict) and k in o
                 }
         results["dataset"] = {"files": files, "bytes": size}
         results["machine"] = common.machine()
@@ -535,7 +558,7 @@ def main() -> None:
         print(f"\n{results['machine']}; {files} files, {size / 1e6:.0f} MB")
         ratios = [k for k in results if k.startswith("ratio_")]
         print(f"{'step':10} " + " ".join(f"{t:>24}" for t in insts) + "".join(f" {r[6:]:>24}" for r in ratios))
-        for k in ("first", "unchanged", "modified", "restore", "check"):
+        for k in (x for x in STEPS if x in steps):
             cells = [
                 f"{results[t][k]['seconds']:7.2f}s {results[t][k]['mb_s']:6.1f}MB/s {results[t][k]['peak_rss_mib']:4}M"
                 for t in insts
@@ -545,6 +568,9 @@ def main() -> None:
                 + " ".join(f"{c:>24}" for c in cells)
                 + "".join(f" {results[r].get(k, ''):>24}" for r in ratios)
             )
+        for r in (k for k in results if k.startswith("rounds_")):
+            per = results[r].get("first", [])
+            print(f"first backup, {r[7:]} round by round: {', '.join(f'{x:.2f}' for x in per)}")
 
 
 if __name__ == "__main__":

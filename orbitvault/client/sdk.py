@@ -460,8 +460,8 @@ class ObjectReader:
         return chunk if isinstance(chunk, bytes) else bytes(chunk)
 
     def chunks(self) -> Iterator[bytes | memoryview]:
-        """The chunks as received, without copying: views valid until the next one is asked for
-        (for callers that copy or write them anyway)."""
+        """The chunks as received, without a copy: memoryviews of the received messages where
+        the gateway sent plain data (for callers that copy or write them anyway)."""
         return self._iter
 
     def read_all(self) -> bytes:
