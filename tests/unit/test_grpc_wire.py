@@ -3,6 +3,8 @@ agree with the generated parser on everything they accept."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -84,18 +86,22 @@ def test_whatever_data_decode_accepts_protobuf_reads_the_same(data: bytes) -> No
     assert msg.WhichOneof("body") == "data" and msg.data == bytes(decoded)
 
 
-def test_the_servers_hand_bulk_messages_over_undecoded() -> None:
+def _intercepted(method: str) -> dict[str, Any]:
+    """What the interceptor replaces in the handler of `method` (a handler records `_replace`)."""
+
     class Details:
-        method = "/orbitvault.v1.ShardStore/PutShard"
+        pass
 
     class Handler:
-        request_deserializer = shard_store_pb2.PutShardRequest.FromString
-
         def _replace(self, **kw: object) -> dict[str, object]:
             return kw
 
-    replaced = wire.BulkRequestInterceptor().intercept_service(lambda d: Handler(), Details())
-    parse = replaced["request_deserializer"]  # type: ignore[index]
+    Details.method = method  # type: ignore[attr-defined]
+    return wire.BulkRequestInterceptor().intercept_service(lambda d: Handler(), Details())  # type: ignore[no-any-return]
+
+
+def test_the_servers_hand_bulk_messages_over_undecoded() -> None:
+    parse = _intercepted("/orbitvault.v1.ShardStore/PutShard")["request_deserializer"]
     assert isinstance(parse(wire.encode_rows(3, [b"f"], [b"c" * 32])), wire.Rows)
     start = shard_store_pb2.PutShardRequest(start=shard_store_pb2.PutShardStart(upload_id=b"u" * 16))
     assert parse(start.SerializeToString()) == start
@@ -118,17 +124,9 @@ def test_get_object_info_and_odd_responses_are_parsed_by_the_generated_class() -
 
 
 def test_the_gateway_serializes_get_object_data_without_a_message() -> None:
-    class Details:
-        method = "/orbitvault.v1.ObjectStore/GetObject"
-
-    class Handler:
-        response_serializer = object_store_pb2.GetObjectResponse.SerializeToString
-
-        def _replace(self, **kw: object) -> dict[str, object]:
-            return kw
-
-    replaced = wire.BulkRequestInterceptor().intercept_service(lambda d: Handler(), Details())
-    serialize = replaced["response_serializer"]  # type: ignore[index]
+    replaced = _intercepted("/orbitvault.v1.ObjectStore/GetObject")
+    assert set(replaced) == {"response_serializer"}  # requests are parsed as usual
+    serialize = replaced["response_serializer"]
     assert (
         serialize(wire.DataResponse(b"chunk")) == object_store_pb2.GetObjectResponse(data=b"chunk").SerializeToString()
     )
