@@ -93,6 +93,19 @@ class StartFailed(FailedPrecondition):
     """A process did not come up; everything started was stopped again."""
 
 
+class PortTaken(StartFailed):
+    """A process could not listen on its address (another process holds the port)."""
+
+    def __init__(self, message: str, member: Member) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+# What a node or gateway logs when it cannot bind its address (grpc/node_server.py, gateway_server.py).
+_LISTEN_FAILED = "address in use or not local"
+_PORT_RETRIES = 2  # a first `up` picks another port this many times when one is taken meanwhile
+
+
 # --- constellation.toml --------------------------------------------------------------------------------
 
 
@@ -582,9 +595,10 @@ def _port_of(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
-def lay_out(spec: ConstellationSpec, layout: Layout) -> State:
-    """Members and their addresses: explicit ports from the spec, else those kept from an earlier `up`,
-    else free ones. Refuses a state dir made for other satellites."""
+def lay_out(spec: ConstellationSpec, layout: Layout, *, repick: frozenset[str] = frozenset()) -> State:
+    """Members and their addresses: explicit ports from the spec, else those kept from an earlier `up`
+    (except for the members named in `repick`), else free ones. Refuses a state dir made for other
+    satellites."""
     old = read_state(layout)
     names = [n.name for n in spec.nodes]
     if old is not None and [m.name for m in old.nodes] != names:
@@ -592,7 +606,7 @@ def lay_out(spec: ConstellationSpec, layout: Layout) -> State:
             f"{layout.root} holds a constellation of other satellites ({', '.join(m.name for m in old.nodes)}); "
             "use another --state-dir, or `orbitvault constellation down --purge` to delete it"
         )
-    kept = {m.name: _port_of(m.address) for m in old.members} if old is not None else {}
+    kept = {m.name: _port_of(m.address) for m in old.members if m.name not in repick} if old is not None else {}
     wanted: dict[str, int] = {GATEWAY: spec.gateway_port}
     for i, n in enumerate(spec.nodes):
         wanted[n.name] = spec.node_base_port + i if spec.node_base_port else 0
@@ -702,8 +716,11 @@ def _gateway_doc(spec: ConstellationSpec, layout: Layout, state: State) -> dict[
     return doc
 
 
-def prepare(spec: ConstellationSpec, layout: Layout, *, now: float | None = None) -> State:
-    """Make (or complete) the state dir: layout, master key, PKI, every process's config; idempotent.
+def prepare(
+    spec: ConstellationSpec, layout: Layout, *, now: float | None = None, repick: frozenset[str] = frozenset()
+) -> State:
+    """Make (or complete) the state dir: layout, master key, PKI, every process's config; idempotent
+    (`repick`: members whose kept port is given up for a free one).
 
     The generated configs are loaded back with the real loaders before anything starts, so a bad
     setting is reported now, naming the constellation file, not in a process's log.
@@ -711,7 +728,7 @@ def prepare(spec: ConstellationSpec, layout: Layout, *, now: float | None = None
     now = time.time() if now is None else now
     for sub in ("config", "logs", "run", "data"):
         (layout.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = lay_out(spec, layout)
+    state = lay_out(spec, layout, repick=repick)
     _write_atomic(layout.state_file, json.dumps(state.to_json(), indent=2) + "\n")
     _write_atomic(layout.spec_copy, f"# copied from {spec.source} by `orbitvault constellation up`\n{spec.text}")
     if not layout.master_key.exists():
@@ -980,30 +997,55 @@ def up(
         if old is not None:
             for m in old.members:
                 layout.pid(m.name).unlink(missing_ok=True)  # stale: their processes are gone
-        state = prepare(spec, layout)
-        kept = set() if old is None else {m.name for m in old.members} - _explicit_ports(spec, state)
-        check_ports(state, spec.source, kept)
-        token = _bootstrap_client(spec, layout, state, say)
-        run = Running(layout, state, token)
-        try:
-            say(f"starting {len(state.nodes)} storage nodes")
-            for m in state.nodes:
-                run.started[m.name] = start_process(layout, m, command(layout, m, spec.node_shutdown_grace_s))
-            _wait_healthy([run.started[m.name] for m in state.nodes], layout, probe, spec.start_timeout_s)
-            say(f"starting the gateway ({spec.mode} mode)")
-            gw = state.gateway
-            run.started[gw.name] = start_process(layout, gw, command(layout, gw, spec.gateway_shutdown_grace_s))
-            _wait_healthy([run.started[gw.name]], layout, probe, spec.start_timeout_s)
-            if on_ready is not None:
-                on_ready(run)
-        except BaseException:
-            for role in (GATEWAY, "node"):  # the gateway first, as `down` does
-                recs = [s.record for s in run.started.values() if s.member.role == role]
-                terminate(recs, timeout_s=spec.stop_timeout_s, popens=run.popens)
-            for s in run.started.values():
-                layout.pid(s.member.name).unlink(missing_ok=True)
-            raise
-        return run
+        repick: frozenset[str] = frozenset()
+        for attempt in range(_PORT_RETRIES + 1):
+            state = prepare(spec, layout, repick=repick)
+            kept = set() if old is None else {m.name for m in old.members} - _explicit_ports(spec, state)
+            check_ports(state, spec.source, kept)
+            token = _bootstrap_client(spec, layout, state, say)
+            run = Running(layout, state, token)
+            try:
+                _start_all(spec, layout, state, run, probe, on_ready, say)
+                return run
+            except BaseException as exc:
+                for role in (GATEWAY, "node"):  # the gateway first, as `down` does
+                    recs = [s.record for s in run.started.values() if s.member.role == role]
+                    terminate(recs, timeout_s=spec.stop_timeout_s, popens=run.popens)
+                for s in run.started.values():
+                    layout.pid(s.member.name).unlink(missing_ok=True)
+                # A port picked for this first `up` was free when picked, but another process (another
+                # constellation starting on this host) may bind it before our process does: pick
+                # again. Ports of an earlier `up` are kept (the catalog knows nodes by address), and
+                # explicit ones are the user's: for those the error stands.
+                if not isinstance(exc, PortTaken) or old is not None or attempt == _PORT_RETRIES:
+                    raise
+                if exc.member.name in _explicit_ports(spec, state):
+                    raise
+                say(f"the port picked for {_what(exc.member)} was taken meanwhile; picking another")
+                repick = repick | {exc.member.name}
+        raise AssertionError("unreachable")
+
+
+def _start_all(
+    spec: ConstellationSpec,
+    layout: Layout,
+    state: State,
+    run: Running,
+    probe: Probe,
+    on_ready: Callable[[Running], None] | None,
+    say: Progress,
+) -> None:
+    """The nodes, then the gateway, each waited for until it answers `probe`; then `on_ready`."""
+    say(f"starting {len(state.nodes)} storage nodes")
+    for m in state.nodes:
+        run.started[m.name] = start_process(layout, m, command(layout, m, spec.node_shutdown_grace_s))
+    _wait_healthy([run.started[m.name] for m in state.nodes], layout, probe, spec.start_timeout_s)
+    say(f"starting the gateway ({spec.mode} mode)")
+    gw = state.gateway
+    run.started[gw.name] = start_process(layout, gw, command(layout, gw, spec.gateway_shutdown_grace_s))
+    _wait_healthy([run.started[gw.name]], layout, probe, spec.start_timeout_s)
+    if on_ready is not None:
+        on_ready(run)
 
 
 def _explicit_ports(spec: ConstellationSpec, state: State) -> set[str]:
@@ -1020,10 +1062,13 @@ def _wait_healthy(started: Sequence[Started], layout: Layout, probe: Probe, time
             code = s.popen.poll()
             if code is not None:
                 tail = log_tail(layout.log(s.member.name), s.log_offset)
-                raise StartFailed(
+                msg = (
                     f"{_what(s.member)} exited at start (exit code {code}); the last lines of "
                     f"{layout.log(s.member.name)}:\n{tail}"
                 )
+                if _LISTEN_FAILED in tail:
+                    raise PortTaken(msg, s.member)
+                raise StartFailed(msg)
             if probe(s.member):
                 waiting.remove(s)
         if waiting and time.monotonic() > deadline:

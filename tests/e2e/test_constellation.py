@@ -200,3 +200,39 @@ def test_backup_client_defaults_to_the_running_constellation(tmp_path: Path, sta
     assert run("down", "--state-dir", str(state_dir)).returncode == 0
     r = client("snapshots")  # nothing running and nothing configured: a clear message, not a traceback
     assert r.returncode != 0 and "constellation up" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_port_taken_between_its_pick_and_its_bind_is_picked_again(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first `up` picks free ports, then starts the processes: another constellation starting
+    on the host may bind one in between. That node cannot listen; `up` picks it another port."""
+    from orbitvault.cli.constellation import Constellation
+    from orbitvault.ground import constellation as dom
+
+    real = dom.start_process
+    held: list[tuple[socket.socket, str, str]] = []
+
+    def start(layout: dom.Layout, m: dom.Member, argv: list[str]) -> dom.Started:
+        if m.role == "node" and not held:  # someone binds the first node's port just before it starts
+            host, _, port = m.address.rpartition(":")
+            s = socket.socket()
+            s.bind((host, int(port)))
+            s.listen()
+            held.append((s, m.name, m.address))
+        return real(layout, m, argv)
+
+    monkeypatch.setattr(dom, "start_process", start)
+    notes: list[str] = []
+    try:
+        c = Constellation.up(write_config(tmp_path / "constellation.toml"), state_dir, progress=notes.append)
+        _sock, name, taken = held[0]
+        now = next(m.address for m in c.state.members if m.name == name)
+        assert now != taken and any("taken meanwhile" in n for n in notes), notes
+        st = status(state_dir)
+        assert st["running"] and all(n["up"] for n in st["nodes"]) and st["gateway"]["up"], st
+        assert next(n["address"] for n in st["nodes"] if n["name"] == name) == now
+        assert st["gateway"]["info"]["nodes_known"] == 8  # the gateway was configured with the new port
+    finally:
+        for s, _name, _addr in held:
+            s.close()
