@@ -54,6 +54,12 @@ class RestoreEta:
     now_unix_ms: int
     simulated: bool
     ready_unix_ms: int = 0  # when the last of the ready ones became ready (0: unknown)
+    cold: int | None = None  # how many were not readable when asked (None: len(pending))
+
+    @property
+    def staged(self) -> int:
+        """Objects this call found only in orbit, whether or not they became readable since."""
+        return len(self.pending) if self.cold is None else self.cold
 
     @property
     def ready(self) -> bool:
@@ -188,15 +194,23 @@ class OrbitBackend:
 
         The gateway plans all restores in progress together, so a new request can move the ones
         asked before it: once several are pending, their ETAs are read again from the plan that
-        holds them all (asking again does not re-plan), or the ETA could be a pass early."""
+        holds them all (asking again does not re-plan), or the ETA could be a pass early. On a
+        fast simulated clock some may have become readable in between: they still count as
+        staged, and the ETA is when the last of them all is (or was) readable."""
         status = self._client.gateway_status()
         names = list(names)
         pending, eta, bound, ready = self._restore_round(names, keep_for_ms)
-        if len(pending) > 1:
-            again, eta, bound, later = self._restore_round(pending, keep_for_ms)
-            pending, ready = again, max(ready, later)
+        cold = len(pending)
+        if cold > 1:
+            again, eta_again, bound_again, done_at = self._restore_round(pending, keep_for_ms)
+            if len(again) < cold:  # some were restored meanwhile, at `done_at`
+                eta = max(eta_again, done_at)
+                bound = bound_again if again else min(bound, eta)
+            else:
+                eta, bound = eta_again, bound_again
+            pending, ready = again, max(ready, done_at)
         return RestoreEta(
-            len(names), tuple(pending), eta, bound, status.gateway_time_unix_ms, status.simulated_clock, ready
+            len(names), tuple(pending), eta, bound, status.gateway_time_unix_ms, status.simulated_clock, ready, cold
         )
 
     def _restore_round(self, names: list[str], keep_for_ms: int) -> tuple[list[str], int, int, int]:

@@ -97,9 +97,9 @@ class ColdStager:
         if not names:
             return st
         eta = self.backend.restore_objects(names)
-        st.pending, st.requested_unix_ms, st.simulated = len(eta.pending), eta.now_unix_ms, eta.simulated
+        st.pending, st.requested_unix_ms, st.simulated = eta.staged, eta.now_unix_ms, eta.simulated
         st.eta_unix_ms, st.eta_bound_unix_ms = eta.eta_unix_ms, eta.eta_bound_unix_ms
-        self._emit("requested", st, len(eta.pending), eta.now_unix_ms)
+        self._emit("requested", st, eta.staged, eta.now_unix_ms)
         ready_at = eta.ready_unix_ms
         while eta.pending:
             if self.timeout_s is not None and time.monotonic() - began > self.timeout_s:

@@ -38,6 +38,8 @@ def test_restore_stages_cold_objects_with_eta(sky: Any, tmp_path: Path) -> None:
     keys = [o.key for o in client.list("data") if not o.key.startswith("locks/")]
     for key in keys:
         client.wait_durable("data", key, timeout_s=120, poll_s=0.05)
+    # DURABLE is committed a moment before the executor drops the spooled copy: let it finish.
+    assert server.gateway.scheduler.wait_idle(60)
     assert not any(server.gateway.scheduler.spool.objects())  # only in orbit now: cold
 
     (tmp_path / "cache").rename(tmp_path / "old-cache")  # a fresh client: metadata is cold too

@@ -108,3 +108,38 @@ def test_restore_eta_is_read_from_the_plan_holding_every_object() -> None:
     # Each was told 1100 when asked; in the plan holding all three the first one comes last.
     assert eta.eta_unix_ms == 1300
     assert backend.restore_objects(["data/aa"]).eta_unix_ms == 1300  # polling re-plans nothing
+
+
+class _FastClock(_Replanning):
+    """The same, on a simulated clock that runs ahead between two calls: by the time the
+    client asks again, the object planned first has come down (readable since 1100)."""
+
+    def __init__(self, done: set[str]) -> None:
+        super().__init__()
+        self.done = done
+        self.asked: set[str] = set()
+
+    def restore(self, bucket: str, key: str, *, keep_for_ms: int = 0) -> object:
+        from orbitvault.client.sdk import RestoreStatus
+
+        if key in self.asked and key in self.done:
+            return RestoreStatus(True, 0, 1100 + keep_for_ms, 0)
+        self.asked.add(key)
+        return super().restore(bucket, key, keep_for_ms=keep_for_ms)
+
+
+def test_objects_restored_between_the_two_rounds_still_count_as_staged() -> None:
+    from orbitvault.client.backend_orbit import OrbitBackend
+
+    backend = OrbitBackend("orbit://127.0.0.1:1/b", client=_FastClock({"data/cc"}))
+    eta = backend.restore_objects(["data/aa", "data/bb", "data/cc"])
+    assert eta.staged == 3 and eta.pending == ("data/aa", "data/bb")  # all three came from orbit
+    assert eta.eta_unix_ms == 1300 and eta.ready_unix_ms == 1100
+    assert 1000 <= eta.eta_bound_unix_ms <= eta.eta_unix_ms
+
+    # Every one readable by the second round: the ETA is when the last became readable.
+    backend = OrbitBackend("orbit://127.0.0.1:1/b", client=_FastClock({"data/aa", "data/bb"}))
+    eta = backend.restore_objects(["data/aa", "data/bb"])
+    assert eta.staged == 2 and eta.pending == () and eta.ready
+    assert eta.eta_unix_ms == eta.ready_unix_ms == 1100
+    assert 1000 <= eta.eta_bound_unix_ms <= eta.eta_unix_ms
