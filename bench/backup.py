@@ -230,18 +230,6 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def cpu_of(pids: list[int]) -> float:
-    """User + system seconds live processes have used so far (a constellation's share of a step)."""
-    ticks = 0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
     """Seconds, peak RSS (MiB) and CPU seconds (user + system, with its reaped children) of one
     command. The peak is the largest sum over the process and its children (orbitvault's reader
@@ -481,9 +469,9 @@ def main() -> None:
 
         def step(t: Tool, name: str, cmd: list[str]) -> None:
             sky = t.sky()
-            sky0 = cpu_of(sky)
+            sky0 = common.cpu_seconds(sky)
             dt, rss, cpu = run(cmd, t.env)
-            sky_cpu = cpu_of(sky) - sky0
+            sky_cpu = common.cpu_seconds(sky) - sky0
             cur = results.setdefault(t.name, {}).get(name)
             runs = [*(cur["runs"] if cur else []), round(dt, 3)]  # every run, for pairwise ratios
             if cur is None or dt < cur["seconds"]:

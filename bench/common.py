@@ -12,6 +12,20 @@ from orbitvault import allocator
 allocator.tune()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system seconds live processes have used so far (from /proc; a process already gone
+    counts nothing): a constellation's or a process kind's share of a step."""
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     """CPU model, cores and Python version: every recorded figure names the machine it came from."""
     cpu = "unknown CPU"

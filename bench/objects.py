@@ -92,16 +92,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of running processes (from /proc), to split a put's cost by process kind."""
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def source(size: int, block: bytes) -> Iterator[bytes]:
     sent = 0
     while sent < size:
@@ -149,15 +139,13 @@ def run_layout(
             c.create_bucket("bench", storage_class=StorageClass(k, m))
             c.put("bench", "warm-up", b"x" * CHUNK)
             for r in range(repeat):
-                cpu0 = cpu_seconds([gw.pid]), cpu_seconds(node_pids)
+                kinds = {"gateway_cpu_s_per_gib": [gw.pid], "nodes_cpu_s_per_gib": node_pids}
+                cpu0 = {kind: common.cpu_seconds(pids) for kind, pids in kinds.items()}
                 t0 = time.perf_counter()
                 info = c.put("bench", f"obj-{r}", source(size, block), size=size)
                 t_put = time.perf_counter() - t0
-                gib = size / 2**30
-                best["gateway_cpu_s_per_gib"] = min(
-                    best["gateway_cpu_s_per_gib"], (cpu_seconds([gw.pid]) - cpu0[0]) / gib
-                )
-                best["nodes_cpu_s_per_gib"] = min(best["nodes_cpu_s_per_gib"], (cpu_seconds(node_pids) - cpu0[1]) / gib)
+                for kind, pids in kinds.items():
+                    best[kind] = min(best[kind], (common.cpu_seconds(pids) - cpu0[kind]) / (size / 2**30))
                 assert info.etag == want, "the gateway stored other bytes than were sent"
                 t0 = time.perf_counter()
                 h = blake3.blake3()

@@ -544,7 +544,7 @@ class ObjectStoreClient:
         self._channel = channel
         self._stub = object_store_pb2_grpc.ObjectStoreStub(channel)
         # PutObject fed serialized messages: the data is copied once into each (wire.py)
-        self._put_call = wire.raw_stream_unary(channel, "/orbitvault.v1.ObjectStore/PutObject", pb.PutObjectResponse)
+        self._put_call = wire.put_object_call(channel)
         self._get_call = wire.get_object_call(channel)
 
     def close(self) -> None:

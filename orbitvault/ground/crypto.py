@@ -181,12 +181,6 @@ class SegmentSealer:
             _SEG_NONCE.pack(stripe, segment), plaintext, _SEG_AAD.pack(self.object_id, stripe, segment)
         )
 
-    def seal_into(self, stripe: int, segment: int, plaintext: memoryview, out: memoryview) -> None:
-        """Seal into `out` (len(plaintext) + 16 bytes): no intermediate copy on the put path."""
-        self._aead.encrypt_into(
-            _SEG_NONCE.pack(stripe, segment), plaintext, _SEG_AAD.pack(self.object_id, stripe, segment), out
-        )
-
     def open(self, stripe: int, segment: int, sealed: bytes | memoryview) -> bytes:
         try:
             return self._aead.decrypt(

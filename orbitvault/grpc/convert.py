@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
 
 from orbitvault.erasure.layout import Geometry
 from orbitvault.erasure.stripe import CHECKSUM_LEN, coder_for
@@ -23,7 +22,6 @@ from orbitvault.storage.store import RowBatch, RowRead, RowStatus, ShardInfo, Up
 
 KiB = 1024
 MiB = 1024 * KiB
-_M = TypeVar("_M", shard_store_pb2.GetShardResponse, shard_store_pb2.PutShardRequest)
 
 # Bulk streams carry about this much payload per message (common.proto: 16 rows of 64 KiB).
 TARGET_MESSAGE_BYTES = 1 * MiB
@@ -193,11 +191,14 @@ def row_batch_from_proto(
     return RowBatch(first_row=msg.first_row, fragments=fragments, checksums=checksums)
 
 
-def rows_message(cls: type[_M], first_row: int, fragments: Sequence[bytes], checksums: Sequence[bytes]) -> _M:
-    """`cls(rows=RowBatch(first_row, fragments, checksums))`, built in place: handing a RowBatch to
-    the constructor copies every fragment twice more (serialized, then parsed into the parent)."""
-    msg = cls()
-    rows = msg.rows  # type: ignore[attr-defined]
+def rows_response(
+    first_row: int, fragments: Sequence[bytes], checksums: Sequence[bytes]
+) -> shard_store_pb2.GetShardResponse:
+    """`GetShardResponse(rows=RowBatch(first_row, fragments, checksums))`, built in place: handing a
+    RowBatch to the constructor copies every fragment twice more (serialized, then parsed into the
+    parent). Requests carrying rows are serialized by hand instead (`wire.encode_rows`)."""
+    msg = shard_store_pb2.GetShardResponse()
+    rows = msg.rows
     rows.SetInParent()
     rows.first_row = first_row
     rows.fragments.extend(fragments)

@@ -39,7 +39,6 @@ from orbitvault.storage.store import RowBatch, ShardInfo
 
 # Framing allowance per row when packing messages (tags, lengths).
 _ROW_OVERHEAD = 16
-_PUT_SHARD = "/orbitvault.v1.ShardStore/PutShard"
 # ListShards serves at most this many per page.
 _LIST_PAGE = 1000
 # A node that was down is retried quickly once it is back: grpc's default reconnect backoff grows
@@ -101,7 +100,7 @@ class GrpcNodeLink:
                     except ValueError as exc:
                         raise Unavailable(f"cannot open a channel to node {self.address}: {exc}") from exc
                 self._stub = shard_store_pb2_grpc.ShardStoreStub(self._channel)
-                self._put = wire.raw_stream_unary(self._channel, _PUT_SHARD, pb.PutShardResponse)
+                self._put = wire.put_shard_call(self._channel)
             return self._stub
 
     def _put_shard(self) -> grpc.StreamUnaryMultiCallable:

@@ -84,7 +84,10 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         self.store = store
         self.peer_tls = peer_tls
         self._peer_lock = threading.Lock()
-        self._peers: dict[str, tuple[grpc.Channel, shard_store_pb2_grpc.ShardStoreStub]] = {}
+        # per peer address: its channel, a stub, and PutShard fed serialized messages (wire.py)
+        self._peers: dict[
+            str, tuple[grpc.Channel, shard_store_pb2_grpc.ShardStoreStub, grpc.StreamUnaryMultiCallable]
+        ] = {}
         self.roles = roles or RoleCheck(tls=False)
         self.identity = identity
         self.clock = clock or WallClock()
@@ -100,7 +103,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
     def close(self) -> None:
         """Close the channels ForwardShard opened to peers."""
         with self._peer_lock:
-            for channel, _ in self._peers.values():
+            for channel, _stub, _put in self._peers.values():
                 channel.close()
             self._peers.clear()
 
@@ -241,16 +244,16 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                 frag = b""
                 damaged.append(r.row)
             if frags and size + len(frag) > 2 * convert.TARGET_MESSAGE_BYTES:
-                yield convert.rows_message(pb.GetShardResponse, first, frags, sums)
+                yield convert.rows_response(first, frags, sums)
                 first, frags, sums, size = r.row, [], [], 0
             frags.append(frag)
             sums.append(r.checksum)
             size += len(frag) + len(r.checksum) + _ROW_OVERHEAD
             if size >= convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE:
-                yield convert.rows_message(pb.GetShardResponse, first, frags, sums)
+                yield convert.rows_response(first, frags, sums)
                 first, frags, sums, size = r.row + 1, [], [], 0
         if frags:
-            yield convert.rows_message(pb.GetShardResponse, first, frags, sums)
+            yield convert.rows_response(first, frags, sums)
         if damaged:
             # Every healthy row has been sent; the status names the rest, so a reader keeps what it
             # got and decodes exactly these rows from other shards.
@@ -445,7 +448,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
         if limit > rows:
             raise InvalidArgument(f"row_limit {request.row_limit} is beyond the shard's {rows} rows")
         upload_id = bytes(request.upload_id)
-        stub = self._peer(address)
+        stub, put = self._peer(address)
         try:
             if target_id:
                 info = stub.NodeInfo(pb.NodeInfoRequest(), timeout=_PEER_TIMEOUT_S)
@@ -461,7 +464,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                 batches = self._forward_rows(header, committed, limit, request, sent_box)
                 start = pb.PutShardStart(header=convert.header_to_proto(header), upload_id=upload_id, resume=resume)
                 timeout = _PEER_TIMEOUT_S + (limit - committed) * header.fragment_len(0) / _PEER_MIN_RATE
-                resp = stub.PutShard(_with_start(start, batches), timeout=timeout)
+                resp = put(_with_start(start, batches), timeout=timeout)
                 committed, complete, sent = resp.committed_rows, resp.complete, sent_box[0]
         except grpc.RpcError as err:
             exc = error_from_rpc(err)
@@ -484,8 +487,9 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             complete=complete, committed_rows=committed, row_count=rows, bytes_sent=sent, source_deleted=deleted
         )
 
-    def _peer(self, address: str) -> shard_store_pb2_grpc.ShardStoreStub:
-        """One channel per peer address, kept open (mTLS with this node's certificate)."""
+    def _peer(self, address: str) -> tuple[shard_store_pb2_grpc.ShardStoreStub, grpc.StreamUnaryMultiCallable]:
+        """One channel per peer address, kept open (mTLS with this node's certificate): its stub
+        and its PutShard call."""
         with self._peer_lock:
             got = self._peers.get(address)
             if got is None:
@@ -493,9 +497,9 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                     channel = open_channel(address, self.peer_tls, convert.CHANNEL_OPTIONS)
                 except ValueError as exc:
                     raise InvalidArgument(f"target_address {address!r}: {exc}") from None
-                got = (channel, shard_store_pb2_grpc.ShardStoreStub(channel))
+                got = (channel, shard_store_pb2_grpc.ShardStoreStub(channel), wire.put_shard_call(channel))
                 self._peers[address] = got
-            return got[1]
+            return got[1], got[2]
 
     @staticmethod
     def _peer_state(stub: shard_store_pb2_grpc.ShardStoreStub, sid: bytes, upload_id: bytes) -> tuple[int, bool, bool]:
@@ -516,9 +520,9 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
 
     def _forward_rows(
         self, header: ShardHeader, first: int, limit: int, request: pb.ForwardShardRequest, sent: list[int]
-    ) -> Iterator[pb.PutShardRequest]:
-        """Rows [first, limit) in messages of about 1 MiB, stopping at the deadline (node time) and
-        paced to the rate limit; a damaged row that cannot be repaired ends the forward there."""
+    ) -> Iterator[bytes]:
+        """Rows [first, limit) in serialized messages of about 1 MiB, stopping at the deadline (node
+        time) and paced to the rate limit; a damaged row that cannot be repaired ends the forward there."""
         began = time.monotonic()
         frags: list[bytes] = []
         sums: list[bytes] = []
@@ -535,7 +539,7 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
             size += len(r.fragment) + len(r.checksum)
             sent[0] += len(r.fragment) + len(r.checksum)
             if size >= convert.TARGET_MESSAGE_BYTES or len(frags) >= convert.MAX_ROWS_PER_MESSAGE:
-                yield convert.rows_message(pb.PutShardRequest, at, frags, sums)
+                yield wire.encode_rows(at, frags, sums)
                 at, frags, sums, size = r.row + 1, [], [], 0
             rate = request.max_rate_bytes_per_sec
             if rate:
@@ -543,9 +547,9 @@ class ShardStoreService(shard_store_pb2_grpc.ShardStoreServicer):
                 if ahead > 0:
                     time.sleep(ahead)  # node time, real: the node paces its own link
         if frags:
-            yield convert.rows_message(pb.PutShardRequest, at, frags, sums)
+            yield wire.encode_rows(at, frags, sums)
 
 
-def _with_start(start: pb.PutShardStart, rows: Iterator[pb.PutShardRequest]) -> Iterator[pb.PutShardRequest]:
-    yield pb.PutShardRequest(start=start)
+def _with_start(start: pb.PutShardStart, rows: Iterator[bytes]) -> Iterator[bytes]:
+    yield pb.PutShardRequest(start=start).SerializeToString()
     yield from rows

@@ -171,14 +171,18 @@ class _Deserializer:
         return self._parse(data) if out is None else out
 
 
+PUT_SHARD = "/orbitvault.v1.ShardStore/PutShard"
+PUT_OBJECT = "/orbitvault.v1.ObjectStore/PutObject"
+GET_OBJECT = "/orbitvault.v1.ObjectStore/GetObject"
+
 _SERVER_SIDE = {
-    "/orbitvault.v1.ShardStore/PutShard": _Deserializer(shard_store_pb2.PutShardRequest, decode_rows),
-    "/orbitvault.v1.ObjectStore/PutObject": _Deserializer(object_store_pb2.PutObjectRequest, decode_data),
+    PUT_SHARD: _Deserializer(shard_store_pb2.PutShardRequest, decode_rows),
+    PUT_OBJECT: _Deserializer(object_store_pb2.PutObjectRequest, decode_data),
 }
 
 
 # Responses a servicer may yield as `DataResponse` besides the generated class.
-_RAW_RESPONSES = {"/orbitvault.v1.ObjectStore/GetObject"}
+_RAW_RESPONSES = {GET_OBJECT}
 
 
 class BulkRequestInterceptor(grpc.ServerInterceptor):
@@ -206,10 +210,20 @@ def raw_stream_unary(channel: grpc.Channel, method: str, response: Any) -> grpc.
     return channel.stream_unary(method, request_serializer=None, response_deserializer=response.FromString)
 
 
+def put_shard_call(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """PutShard fed serialized messages: the start's `SerializeToString()`, then `encode_rows`."""
+    return raw_stream_unary(channel, PUT_SHARD, shard_store_pb2.PutShardResponse)
+
+
+def put_object_call(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """PutObject fed serialized messages: the start's `SerializeToString()`, then `encode_data`."""
+    return raw_stream_unary(channel, PUT_OBJECT, object_store_pb2.PutObjectResponse)
+
+
 def get_object_call(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable:
     """GetObject whose stream yields data chunks as memoryviews (`decode_get_response`)."""
     return channel.unary_stream(
-        "/orbitvault.v1.ObjectStore/GetObject",
+        GET_OBJECT,
         request_serializer=object_store_pb2.GetObjectRequest.SerializeToString,
         response_deserializer=decode_get_response,
     )
